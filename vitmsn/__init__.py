@@ -1,0 +1,1 @@
+"""vitmsn: Vision Transformers trained with Masked Siamese Networks."""
