@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny random models saved by transformers (the reference nobody here wrote)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, image_size=32,
+            patch_size=8, num_channels=3)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def save_hf(tmp_path_factory, cls_name: str, config_name: str, *, safe: bool = True, init_kwargs=None,
+            **config_kwargs):
+    """Build a random transformers model, perturb its weights so nothing is zero or one, and save it."""
+    import transformers
+
+    cfg = getattr(transformers, config_name)(**{**TINY, **config_kwargs})
+    torch.manual_seed(1)
+    model = getattr(transformers, cls_name)(cfg, **(init_kwargs or {})).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    out = tmp_path_factory.mktemp(f"{cls_name}_{'st' if safe else 'bin'}")
+    model.save_pretrained(out)
+    if not safe:  # transformers 5 writes safetensors only; write the pickle as transformers 4.x did
+        from safetensors.torch import load_file
+
+        torch.save(load_file(out / "model.safetensors"), out / "pytorch_model.bin")
+        (out / "model.safetensors").unlink()
+    return model, out

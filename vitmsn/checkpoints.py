@@ -1,0 +1,377 @@
+"""Every on-disk format of a ViT and its key map, in one place.
+
+In memory the backbone uses timm's / the original MSN code's names (``blocks.N.attn.qkv``). On disk,
+transformers has used three layouts over the years, all of which load here:
+
+- classic (transformers 4.x):  ``[vit.]encoder.layer.N.attention.attention.{query,key,value}``, ...
+- current (transformers 5.x):  ``[vit.]layers.N.attention.{q_proj,k_proj,v_proj,o_proj}``, ``mlp.fc1/fc2``
+- mixed (transformers 5.x ViTMSNForImageClassification): ``vit.embeddings.*`` next to bare ``encoder.layer.*``
+
+Files are written in the classic layout, which both transformers 4.x and 5.x read without missing or
+unexpected keys. Loading is strict: backbone weights must all be present with the right shapes; only the
+heads (pooler, classifier, SimMIM decoder, mask token) may be missing (newly initialised, with a warning) or
+left over (dropped, with a warning), as when a bare checkpoint is loaded into a classifier and back.
+Pickled ``.bin`` files are read with ``torch.load(weights_only=True)`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file as load_safetensors
+from safetensors.torch import save_file as save_safetensors
+
+logger = logging.getLogger("vitmsn")
+
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+PT_WEIGHTS = "pytorch_model.bin"
+PT_INDEX = "pytorch_model.bin.index.json"
+CONFIG = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model; the message says why."""
+
+
+# ---------------------------------------------------------------------------------------- atomic writes
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)``, then rename the temporary file over ``path``: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+# --------------------------------------------------------------------------------------------- key maps
+
+# classic and current transformers names of one block's tensors -> ours. "q", "k", "v" parts are fused.
+_BLOCK_KEYS: dict[str, str] = {
+    "layernorm_before": "norm1",
+    "layernorm_after": "norm2",
+    "attention.attention.query": "attn.qkv#q",
+    "attention.attention.key": "attn.qkv#k",
+    "attention.attention.value": "attn.qkv#v",
+    "attention.output.dense": "attn.proj",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+    # transformers 5 names
+    "attention.q_proj": "attn.qkv#q",
+    "attention.k_proj": "attn.qkv#k",
+    "attention.v_proj": "attn.qkv#v",
+    "attention.o_proj": "attn.proj",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+# the classic name of each of our block tensors, for writing
+_BLOCK_KEYS_OUT: dict[str, str] = {
+    "norm1": "layernorm_before",
+    "norm2": "layernorm_after",
+    "attn.qkv#q": "attention.attention.query",
+    "attn.qkv#k": "attention.attention.key",
+    "attn.qkv#v": "attention.attention.value",
+    "attn.proj": "attention.output.dense",
+    "mlp.fc1": "intermediate.dense",
+    "mlp.fc2": "output.dense",
+}
+_EMBED_KEYS: dict[str, str] = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.mask_token": "mask_token",
+    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+    "layernorm.weight": "norm.weight",
+    "layernorm.bias": "norm.bias",
+}
+# heads sit beside the backbone; they may be missing or left over when loading across classes
+HEAD_PREFIXES = ("pooler.", "classifier.", "decoder.", "mask_token")
+_BLOCK_RE = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$")
+_QKV = ("q", "k", "v")
+
+
+def hf_to_internal(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str], bool]:
+    """transformers keys (any layout, any ``vit.`` / ``module.`` prefix) -> our backbone-relative keys.
+
+    Returns (state dict, keys that match no known name, whether the file had a ``vit.`` prefix).
+    Head keys come back as ``pooler.*``, ``classifier.*``, ``decoder.*``.
+    """
+    out: dict[str, torch.Tensor] = {}
+    parts: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    unknown: list[str] = []
+    prefixed = False
+    for key, tensor in state_dict.items():
+        k = key.removeprefix("module.")
+        if k.startswith("vit."):
+            k, prefixed = k[4:], True
+        if k in _EMBED_KEYS:
+            out[_EMBED_KEYS[k]] = tensor
+        elif k.startswith(("pooler.dense.", "classifier.", "decoder.0.")):
+            out[k] = tensor
+        elif m := _BLOCK_RE.match(k):
+            layer, name, kind = int(m.group(1)), m.group(2), m.group(3)
+            ours = _BLOCK_KEYS.get(name)
+            if ours is None:
+                unknown.append(key)
+            elif "#" in ours:
+                parts.setdefault((layer, kind), {})[ours[-1]] = tensor
+            else:
+                out[f"blocks.{layer}.{ours}.{kind}"] = tensor
+        else:
+            unknown.append(key)
+    for (layer, kind), qkv in parts.items():
+        if set(qkv) == set(_QKV):
+            out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([qkv[p] for p in _QKV], dim=0)
+        else:
+            unknown.extend(f"layer {layer} attention {p} {kind} (its q/k/v siblings are missing)" for p in qkv)
+    return out, unknown, prefixed
+
+
+def internal_to_hf(state_dict: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """Our backbone-relative keys -> transformers' classic layout, with ``prefix`` ("vit.") on the backbone."""
+    out: dict[str, torch.Tensor] = {}
+    embed_out = {v: k for k, v in _EMBED_KEYS.items()}
+    for key, tensor in state_dict.items():
+        if key in embed_out:
+            out[prefix + embed_out[key]] = tensor
+        elif key.startswith(("classifier.", "decoder.")):
+            out[key] = tensor
+        elif key.startswith("pooler."):
+            out[prefix + key] = tensor
+        elif m := re.match(r"^blocks\.(\d+)\.(.+)\.(weight|bias)$", key):
+            layer, name, kind = m.groups()
+            base = f"{prefix}encoder.layer.{layer}."
+            if name == "attn.qkv":
+                for part, chunk in zip(_QKV, tensor.chunk(3, dim=0), strict=True):
+                    out[f"{base}{_BLOCK_KEYS_OUT['attn.qkv#' + part]}.{kind}"] = chunk.contiguous()
+            else:
+                out[f"{base}{_BLOCK_KEYS_OUT[name]}.{kind}"] = tensor
+        else:
+            raise KeyError(f"no transformers name for parameter {key!r}")
+    return out
+
+
+def model_state_dict(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], str]:
+    """The model's tensors with backbone-relative keys, and the prefix transformers puts on the backbone."""
+    sd = model.state_dict()
+    if not hasattr(model, "vit"):
+        return dict(sd), ""
+    out = {k.removeprefix("vit."): v for k, v in sd.items()}
+    return out, "vit."
+
+
+# ------------------------------------------------------------------------------------------ reading files
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def _is_local(path_or_id: str) -> bool:
+    """Anything that exists on disk, or cannot be a Hub id ("org/name"), is a local path."""
+    return os.path.exists(path_or_id) or not _HUB_ID.match(path_or_id) or path_or_id.endswith(".json")
+
+
+def _resolve(path_or_id: str | os.PathLike, filename: str, *, missing_ok: bool = False,
+             **hub: Any) -> Path | None:
+    """A file of a local directory, or of a Hub repository (downloaded into huggingface_hub's cache)."""
+    s = os.path.expanduser(str(path_or_id))
+    if os.path.isdir(s):
+        p = Path(s) / filename
+        if p.is_file():
+            return p
+        if missing_ok:
+            return None
+        raise FileNotFoundError(f"{s} has no {filename}")
+    if _is_local(s):
+        raise FileNotFoundError(f"no such directory: {s}")
+    from vitmsn.hub import resolve_file
+
+    return resolve_file(s, filename, missing_ok=missing_ok, **hub)
+
+
+def load_config_dict(path_or_id: str | os.PathLike, **hub: Any) -> dict[str, Any]:
+    path = _resolve(path_or_id, CONFIG, **hub)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return data
+
+
+def weight_files(path_or_id: str | os.PathLike, **hub: Any) -> list[Path]:
+    """The weight files of a checkpoint: safetensors first, then sharded, then pickled."""
+    for single, index in ((SAFE_WEIGHTS, SAFE_INDEX), (PT_WEIGHTS, PT_INDEX)):
+        if (p := _resolve(path_or_id, single, missing_ok=True, **hub)) is not None:
+            return [p]
+        if (idx := _resolve(path_or_id, index, missing_ok=True, **hub)) is not None:
+            try:
+                shards = sorted(set(json.loads(idx.read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, AttributeError) as e:
+                raise CheckpointError(f"{idx} is not a valid index file ({e})") from None
+            return [_resolve(path_or_id, shard, **hub) for shard in shards]
+    raise FileNotFoundError(
+        f"{path_or_id} has no weights: expected {SAFE_WEIGHTS}, {SAFE_INDEX}, {PT_WEIGHTS} or {PT_INDEX}"
+    )
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """One weight file -> tensors on the CPU. Pickles never run code (``weights_only=True``)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        try:
+            return load_safetensors(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"cannot read {path}: the safetensors file is damaged or truncated ({e})") from None
+    return load_pickle(path)
+
+
+def load_pickle(path: str | os.PathLike) -> Any:
+    """``torch.load`` with ``weights_only=True``; a file that would need to run code is refused."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except __import__("pickle").UnpicklingError as e:
+        raise CheckpointError(
+            f"refused to load {path}: it is a pickle that needs to run code to load, and vitmsn loads pickles "
+            f"only with weights_only=True. If you trust the file, convert it to safetensors first. ({e})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path}: not a readable PyTorch checkpoint ({e})") from None
+
+
+# --------------------------------------------------------------------------------------- loading a model
+
+
+def load_state_dict_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], *,
+                         ignore_mismatched_sizes: bool = False, source: str = "checkpoint") -> None:
+    """Load transformers-named (or our) tensors into ``model``; strict for the backbone, lenient for heads."""
+    internal, unknown, _ = hf_to_internal(state_dict)
+    if not internal and not unknown:
+        raise CheckpointError(f"{source} holds no tensors")
+    expected, prefix = model_state_dict(model)
+    missing = sorted(set(expected) - set(internal))
+    unexpected = sorted(set(internal) - set(expected))
+    mismatched = [(k, tuple(internal[k].shape), tuple(v.shape)) for k, v in expected.items()
+                  if k in internal and internal[k].shape != v.shape]
+    head = lambda k: k.startswith(HEAD_PREFIXES)  # noqa: E731
+    if ignore_mismatched_sizes:
+        for k, *_ in [m for m in mismatched if head(m[0])]:
+            internal.pop(k)
+            missing.append(k)
+        mismatched = [m for m in mismatched if not head(m[0])]
+    hard_missing = [k for k in missing if not head(k)]
+    hard_unexpected = unknown + [k for k in unexpected if not head(k)]
+    if hard_missing or hard_unexpected or mismatched:
+        lines = [f"{source} does not fit {type(model).__name__}:"]
+        if hard_missing:
+            lines.append(f"  missing keys ({len(hard_missing)}): {', '.join(hard_missing[:12])}"
+                         + (" ..." if len(hard_missing) > 12 else ""))
+        if hard_unexpected:
+            lines.append(f"  unexpected keys ({len(hard_unexpected)}): {', '.join(hard_unexpected[:12])}"
+                         + (" ..." if len(hard_unexpected) > 12 else ""))
+        for k, got, want in mismatched[:12]:
+            lines.append(f"  shape mismatch for {k}: checkpoint {got}, model {want}")
+        if mismatched and any(head(k) for k, *_ in mismatched):
+            lines.append("  (for a classifier with another number of labels pass ignore_mismatched_sizes=True)")
+        raise CheckpointError("\n".join(lines))
+    if missing:
+        logger.warning("%s: newly initialised (not in %s): %s", type(model).__name__, source, ", ".join(missing))
+    if unexpected:
+        logger.warning("%s: dropped weights it has no place for: %s", type(model).__name__, ", ".join(unexpected))
+    own = ("classifier.", "decoder.")  # top-level modules of a head model; everything else is under vit.
+    model.load_state_dict({(k if k.startswith(own) else prefix + k): v for k, v in internal.items()
+                           if k in expected}, strict=False)
+
+
+def load_pretrained(cls: type, path_or_id: str | os.PathLike, *model_args: Any, config: Any = None,
+                    dtype: torch.dtype | str | None = None, attn_implementation: str | None = None,
+                    ignore_mismatched_sizes: bool = False, local_files_only: bool = False,
+                    **kwargs: Any) -> torch.nn.Module:
+    """The body of ``from_pretrained``: config, model, weights, dtype, eval mode."""
+    from vitmsn.config import ViTConfig
+
+    hub = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token") if kwargs.get(k) is not None}
+    for k in ("revision", "cache_dir", "token"):
+        kwargs.pop(k, None)
+    if local_files_only:
+        hub["local_files_only"] = True
+    config_fields = set(cls.config_class.__dataclass_fields__)
+    overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in config_fields}
+    if config is None:
+        data = load_config_dict(path_or_id, **hub)
+        model_type = data.get("model_type")
+        if model_type is None:
+            raise CheckpointError(f"config.json of {path_or_id} has no model_type")
+        from vitmsn.config import CONFIG_CLASSES
+
+        if model_type not in CONFIG_CLASSES:
+            raise CheckpointError(
+                f"{path_or_id} is a {model_type!r} model; vitmsn reads 'vit' and 'vit_msn' checkpoints"
+            )
+        if model_type != cls.config_class.model_type:
+            logger.warning("loading a %r checkpoint into %s", model_type, cls.__name__)
+            data = {k: v for k, v in data.items() if k != "model_type"}
+        config = cls.config_class.from_dict(data, **overrides)
+    elif not isinstance(config, ViTConfig):
+        raise TypeError(f"config must be a ViTConfig or ViTMSNConfig, got {type(config).__name__}")
+    elif overrides:
+        config = config.copy(**overrides)
+    if attn_implementation is not None:
+        config.attn_implementation = attn_implementation
+        config.validate()
+    files = weight_files(path_or_id, **hub)
+    state_dict: dict[str, torch.Tensor] = {}
+    for f in files:
+        state_dict.update(read_weights(f))
+    model = cls(config, *model_args, **kwargs)
+    load_state_dict_into(model, state_dict, ignore_mismatched_sizes=ignore_mismatched_sizes,
+                         source=str(files[0] if len(files) == 1 else files[0].parent))
+    if dtype is not None and dtype != "auto":
+        model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    return model.eval()
+
+
+def save_pretrained(model: torch.nn.Module, save_directory: str | os.PathLike,
+                    safe_serialization: bool = True) -> Path:
+    """config.json + model.safetensors (or pytorch_model.bin) in transformers' classic layout."""
+    directory = Path(save_directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = model.config.copy(architectures=[type(model).__name__])
+    sd, prefix = model_state_dict(model)
+    hf = {k: v.detach().contiguous().cpu() for k, v in internal_to_hf(sd, prefix).items()}
+    if safe_serialization:
+        atomic_write(directory / SAFE_WEIGHTS, lambda tmp: save_safetensors(hf, tmp, metadata={"format": "pt"}))
+    else:
+        atomic_torch_save(hf, directory / PT_WEIGHTS)
+    config.save_pretrained(directory)
+    model.config.architectures = config.architectures
+    return directory

@@ -1,0 +1,276 @@
+"""Typed model configurations that read and write transformers' ``config.json``.
+
+``ViTConfig`` and ``ViTMSNConfig`` take the same arguments, with the same defaults, as the classes of the
+same name in ``transformers``; a ``config.json`` written by one library loads in the other. They are plain
+dataclasses: every field is typed, impossible values raise ``ValueError`` when the object is built, and
+keys of a ``config.json`` that this library does not use are kept (in ``extra``) so that they survive a
+load-and-save round trip.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+logger = logging.getLogger("vitmsn")
+
+#: Activation names accepted by ``hidden_act`` / ``pooler_act`` (transformers' names).
+ACTIVATIONS = ("gelu", "relu", "selu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "silu",
+               "swish", "tanh", "linear")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+# Keys that transformers writes into every config.json and that carry no meaning for the model here.
+_IGNORED_KEYS = frozenset({"transformers_version", "_name_or_path", "_commit_hash", "torch_dtype", "dtype",
+                           "use_cache", "model_type", "vitmsn_version"})
+
+
+def pair(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """``224`` -> ``(224, 224)``; ``(224, 192)`` stays as it is (height, width)."""
+    if isinstance(x, int):
+        return (x, x)
+    if len(x) != 2:
+        raise ValueError(f"expected an int or a (height, width) pair, got {x!r}")
+    return (int(x[0]), int(x[1]))
+
+
+@dataclass
+class ViTConfig:
+    """Configuration of a ViT (``model_type`` "vit"); same arguments and defaults as transformers'."""
+
+    model_type: ClassVar[str] = "vit"
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    image_size: int | tuple[int, int] = 224
+    patch_size: int | tuple[int, int] = 16
+    num_channels: int = 3
+    qkv_bias: bool = True
+    encoder_stride: int = 16
+    pooler_output_size: int | None = None
+    pooler_act: str = "tanh"
+    # -- shared with every transformers config
+    num_labels: int | None = None
+    id2label: dict[int, str] | None = None
+    label2id: dict[str, int] | None = None
+    problem_type: str | None = None
+    architectures: list[str] | None = None
+    output_attentions: bool = False
+    output_hidden_states: bool = False
+    return_dict: bool = True
+    attn_implementation: str = "sdpa"
+    #: keys read from a config.json that this library does not use; written back unchanged
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.pooler_output_size is None and hasattr(self, "pooler_output_size"):
+            self.pooler_output_size = self.hidden_size
+        self._init_labels()
+        self.validate()
+
+    # ------------------------------------------------------------------ labels
+    def _init_labels(self) -> None:
+        if self.id2label is not None:
+            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            if self.num_labels is not None and self.num_labels != len(self.id2label):
+                raise ValueError(
+                    f"num_labels={self.num_labels} disagrees with id2label, which has {len(self.id2label)} entries"
+                )
+            self.num_labels = len(self.id2label)
+        else:
+            n = 2 if self.num_labels is None else int(self.num_labels)
+            if n < 0:
+                raise ValueError(f"num_labels must be >= 0, got {n}")
+            self.num_labels = n
+            self.id2label = {i: f"LABEL_{i}" for i in range(n)}
+        if self.label2id is None or len(self.label2id) != len(self.id2label):
+            self.label2id = {v: k for k, v in self.id2label.items()}
+        else:
+            self.label2id = {str(k): int(v) for k, v in self.label2id.items()}
+
+    # -------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Raise ``ValueError`` for values no model can be built from."""
+        ints = {"hidden_size": self.hidden_size, "num_hidden_layers": self.num_hidden_layers,
+                "num_attention_heads": self.num_attention_heads, "intermediate_size": self.intermediate_size,
+                "num_channels": self.num_channels}
+        for name, value in ints.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        (ih, iw), (ph, pw) = pair(self.image_size), pair(self.patch_size)
+        if min(ih, iw, ph, pw) <= 0:
+            raise ValueError(f"image_size and patch_size must be positive, got {self.image_size}, {self.patch_size}")
+        if ih % ph or iw % pw:
+            raise ValueError(f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}")
+        for name in ("hidden_act", "pooler_act"):
+            act = getattr(self, name, None)
+            if act is not None and act not in ACTIVATIONS:
+                raise ValueError(f"{name}={act!r} is not supported; choose one of {', '.join(ACTIVATIONS)}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            p = getattr(self, name)
+            if not 0.0 <= float(p) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {p}")
+        if self.layer_norm_eps <= 0:
+            raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps}")
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"problem_type={self.problem_type!r}; expected one of {', '.join(PROBLEM_TYPES)}")
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attn_implementation={self.attn_implementation!r}; expected one of {', '.join(ATTN_IMPLEMENTATIONS)}"
+            )
+        if getattr(self, "encoder_stride", 1) <= 0:
+            raise ValueError(f"encoder_stride must be positive, got {self.encoder_stride}")
+
+    # --------------------------------------------------------- derived values
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patch grid (rows, columns) at ``image_size``."""
+        (ih, iw), (ph, pw) = pair(self.image_size), pair(self.patch_size)
+        return ih // ph, iw // pw
+
+    @property
+    def num_patches(self) -> int:
+        gh, gw = self.grid_size
+        return gh * gw
+
+    @property
+    def use_return_dict(self) -> bool:  # transformers' name
+        return self.return_dict
+
+    @property
+    def _attn_implementation(self) -> str:  # transformers' name
+        return self.attn_implementation
+
+    # ------------------------------------------------------------------- I/O
+    def to_dict(self) -> dict[str, Any]:
+        """The config.json dictionary, in transformers' format (string keys in ``id2label``)."""
+        out: dict[str, Any] = dict(self.extra)
+        for f in dataclasses.fields(self):
+            if f.name in ("extra", "attn_implementation", "output_attentions", "output_hidden_states", "return_dict"):
+                continue
+            value = copy.deepcopy(getattr(self, f.name))
+            if isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+        out["model_type"] = self.model_type
+        if out.get("architectures") is None:
+            out.pop("architectures")
+        out.setdefault("torch_dtype", "float32")
+        return dict(sorted(out.items()))
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **overrides: Any) -> ViTConfig:
+        """Build from a config.json dictionary; unknown keys are kept in ``extra`` (with a warning)."""
+        data = {**data, **overrides}
+        model_type = data.get("model_type")
+        if model_type is not None and model_type != cls.model_type:
+            raise ValueError(
+                f"config has model_type={model_type!r}, but {cls.__name__} expects {cls.model_type!r}"
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in data.items() if k in names and k != "extra"}
+        if "_attn_implementation" in data and "attn_implementation" not in known:
+            known["attn_implementation"] = data["_attn_implementation"]
+        extra = {k: v for k, v in data.items() if k not in names and k not in _IGNORED_KEYS
+                 and k != "_attn_implementation"}
+        extra.update(data.get("extra") or {})
+        if extra:
+            logger.debug("%s keeps config keys it does not use: %s", cls.__name__, ", ".join(sorted(extra)))
+        for key in ("image_size", "patch_size"):
+            if isinstance(known.get(key), list):
+                known[key] = tuple(known[key])
+        if known.get("id2label") is not None and known.get("num_labels") is not None:
+            if len(known["id2label"]) != known["num_labels"]:  # an override of num_labels wins, as in transformers
+                if "num_labels" in overrides:
+                    known.pop("id2label")
+                    known.pop("label2id", None)
+                else:
+                    known.pop("num_labels")
+        return cls(**known, extra=extra)
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> ViTConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        from vitmsn.checkpoints import atomic_write_text
+
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "config.json"
+        atomic_write_text(path, self.to_json_string())
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any) -> ViTConfig:
+        """Read ``config.json`` from a local directory, a file, or a Hub repository id."""
+        from vitmsn.checkpoints import load_config_dict
+
+        hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token") if k in kwargs}
+        return cls.from_dict(load_config_dict(path_or_id, **hub_kwargs), **kwargs)
+
+    def copy(self, **changes: Any) -> ViTConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class ViTMSNConfig(ViTConfig):
+    """Configuration of a ViT trained with MSN (``model_type`` "vit_msn"); as transformers' ViTMSNConfig."""
+
+    model_type: ClassVar[str] = "vit_msn"
+
+    layer_norm_eps: float = 1e-6
+
+    # transformers' ViTMSNConfig has no pooler or SimMIM decoder settings
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        for key in ("encoder_stride", "pooler_output_size", "pooler_act"):
+            if key not in self.extra:
+                out.pop(key, None)
+        return out
+
+
+CONFIG_CLASSES: dict[str, type[ViTConfig]] = {"vit": ViTConfig, "vit_msn": ViTMSNConfig}
+
+
+def config_from_dict(data: dict[str, Any], **overrides: Any) -> ViTConfig:
+    """Pick the config class from ``model_type``; an unknown model_type is a clear error."""
+    model_type = data.get("model_type")
+    if model_type not in CONFIG_CLASSES:
+        raise ValueError(
+            f"unsupported model_type {model_type!r}: vitmsn reads 'vit' and 'vit_msn' configs"
+        )
+    return CONFIG_CLASSES[model_type].from_dict(data, **overrides)

@@ -1,0 +1,404 @@
+"""transformers-style model classes: the names, arguments and outputs a transformers user already knows.
+
+Each class is a thin shell over :class:`~vitmsn.models.vit.VisionTransformer`. Checkpoint files are read
+and written in transformers' layout by :mod:`vitmsn.checkpoints`; the names of parameters in memory are
+this library's own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitmsn.config import ViTConfig, ViTMSNConfig
+from vitmsn.models.heads import Pooler, simmim_decoder
+from vitmsn.models.layers import init_weights
+from vitmsn.models.vit import EncoderOutput, VisionTransformer
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+
+class ModelOutput:
+    """Like transformers' ModelOutput: attribute, string-key and integer access (integers skip None)."""
+
+    def to_tuple(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None)
+
+    def keys(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def values(self) -> list[Any]:
+        return [getattr(self, k) for k in self.keys()]
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(k, getattr(self, k)) for k in self.keys()]
+
+    def __getitem__(self, key: str | int | slice) -> Any:
+        if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(key)
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+
+@dataclass
+class BaseModelOutput(ModelOutput):
+    last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class BaseModelOutputWithPooling(ModelOutput):
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class ImageClassifierOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class MaskedImageModelingOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    reconstruction: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+# ------------------------------------------------------------------------------------------ base class
+
+
+class PreTrainedModel(nn.Module):
+    """Loading, saving and the small conveniences of transformers' PreTrainedModel."""
+
+    config_class: type[ViTConfig] = ViTConfig
+    base_model_prefix = "vit"
+    main_input_name = "pixel_values"
+
+    config: ViTConfig
+
+    # -- the backbone every class is built around
+    @property
+    def backbone(self) -> VisionTransformer:
+        return self if isinstance(self, VisionTransformer) else self.vit
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def _check_config(self, config: ViTConfig) -> ViTConfig:
+        if not isinstance(config, ViTConfig):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        return config
+
+    def post_init(self) -> None:
+        """Initialise weights as transformers does."""
+        self.backbone.init_backbone_weights(zero_embeddings=isinstance(self.config, ViTMSNConfig))
+        std = self.config.initializer_range
+        for name in ("pooler", "classifier", "decoder"):
+            if getattr(self, name, None) is not None:
+                getattr(self, name).apply(lambda m: init_weights(m, std))
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        skip = {id(p) for p in (self.backbone.pos_embed,)} if exclude_embeddings else set()
+        return sum(p.numel() for p in self.parameters()
+                   if (p.requires_grad or not only_trainable) and id(p) not in skip)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        self.backbone.set_grad_checkpointing(True)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.backbone.set_grad_checkpointing(False)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.backbone.grad_checkpointing
+
+    def set_attn_implementation(self, name: str) -> None:
+        """Switch between "sdpa" and "eager" attention after loading."""
+        self.config.attn_implementation = name
+        self.config.validate()
+        for block in self.backbone.blocks:
+            block.attn.eager = name == "eager"
+
+    # -- checkpoints
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any,
+                        config: ViTConfig | None = None, torch_dtype: torch.dtype | str | None = None,
+                        dtype: torch.dtype | str | None = None, attn_implementation: str | None = None,
+                        ignore_mismatched_sizes: bool = False, revision: str | None = None,
+                        cache_dir: str | os.PathLike | None = None, token: str | bool | None = None,
+                        local_files_only: bool = False, **kwargs: Any):
+        """Load a transformers-format checkpoint from a directory or a Hub id (downloads when online).
+
+        ``kwargs`` override config values (``num_labels=10``) or are passed to the constructor
+        (``add_pooling_layer``, ``use_mask_token``).
+        """
+        from vitmsn.checkpoints import load_pretrained
+
+        return load_pretrained(
+            cls, pretrained_model_name_or_path, *model_args, config=config, dtype=dtype or torch_dtype,
+            attn_implementation=attn_implementation, ignore_mismatched_sizes=ignore_mismatched_sizes,
+            revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only, **kwargs,
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True,
+                        **kwargs: Any) -> Path:
+        """Write config.json and model.safetensors in transformers' classic layout."""
+        from vitmsn.checkpoints import save_pretrained
+
+        return save_pretrained(self, save_directory, safe_serialization=safe_serialization)
+
+    # -- shared forward helpers
+    def _flags(self, output_attentions: bool | None, output_hidden_states: bool | None,
+               return_dict: bool | None) -> tuple[bool, bool, bool]:
+        c = self.config
+        return (c.output_attentions if output_attentions is None else bool(output_attentions),
+                c.output_hidden_states if output_hidden_states is None else bool(output_hidden_states),
+                c.return_dict if return_dict is None else bool(return_dict))
+
+    def _encode(self, pixel_values: torch.Tensor | None, *, bool_masked_pos: torch.Tensor | None = None,
+                head_mask: torch.Tensor | None = None, output_attentions: bool = False,
+                output_hidden_states: bool = False, interpolate_pos_encoding: bool | None = None,
+                keep_idx: torch.Tensor | None = None) -> EncoderOutput:
+        if pixel_values is None:
+            raise ValueError("You have to specify pixel_values")
+        return self.backbone.forward_features(
+            pixel_values, keep_idx=keep_idx, bool_masked_pos=bool_masked_pos,
+            interpolate_pos_encoding=bool(interpolate_pos_encoding), head_mask=head_mask,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+        )
+
+
+def _check_no_unused(kwargs: dict[str, Any]) -> None:
+    if kwargs:
+        raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(kwargs))}")
+
+
+# --------------------------------------------------------------------------------------- bare encoders
+
+
+class ViTMSNModel(VisionTransformer, PreTrainedModel):
+    """The bare ViT-MSN encoder; outputs ``BaseModelOutput`` (as transformers' ViTMSNModel)."""
+
+    config_class = ViTMSNConfig
+
+    def __init__(self, config: ViTMSNConfig, use_mask_token: bool = False):
+        super().__init__(self._check_config(config), use_mask_token=use_mask_token)
+        self.post_init()
+
+    def forward(self, pixel_values: torch.Tensor | None = None, bool_masked_pos: torch.Tensor | None = None,
+                head_mask: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, interpolate_pos_encoding: bool | None = None,
+                return_dict: bool | None = None, *, keep_idx: torch.Tensor | None = None, **kwargs: Any):
+        _check_no_unused(kwargs)
+        attn, hidden, as_dict = self._flags(output_attentions, output_hidden_states, return_dict)
+        enc = self._encode(pixel_values, bool_masked_pos=bool_masked_pos, head_mask=head_mask,
+                           output_attentions=attn, output_hidden_states=hidden,
+                           interpolate_pos_encoding=interpolate_pos_encoding, keep_idx=keep_idx)
+        out = BaseModelOutput(enc.tokens, enc.hidden_states, enc.attentions)
+        return out if as_dict else out.to_tuple()
+
+
+class ViTModel(VisionTransformer, PreTrainedModel):
+    """The bare ViT encoder with an optional pooler; outputs ``BaseModelOutputWithPooling``."""
+
+    config_class = ViTConfig
+
+    def __init__(self, config: ViTConfig, add_pooling_layer: bool = True, use_mask_token: bool = False):
+        super().__init__(self._check_config(config), use_mask_token=use_mask_token)
+        self.pooler = (Pooler(config.hidden_size, config.pooler_output_size, config.pooler_act)
+                       if add_pooling_layer else None)
+        self.post_init()
+
+    def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.pooler is None or pre_logits:
+            return tokens[:, 0]
+        return self.pooler(tokens)
+
+    def forward(self, pixel_values: torch.Tensor | None = None, bool_masked_pos: torch.Tensor | None = None,
+                head_mask: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, interpolate_pos_encoding: bool | None = None,
+                return_dict: bool | None = None, *, keep_idx: torch.Tensor | None = None, **kwargs: Any):
+        _check_no_unused(kwargs)
+        attn, hidden, as_dict = self._flags(output_attentions, output_hidden_states, return_dict)
+        enc = self._encode(pixel_values, bool_masked_pos=bool_masked_pos, head_mask=head_mask,
+                           output_attentions=attn, output_hidden_states=hidden,
+                           interpolate_pos_encoding=interpolate_pos_encoding, keep_idx=keep_idx)
+        pooled = self.pooler(enc.tokens) if self.pooler is not None else None
+        out = BaseModelOutputWithPooling(enc.tokens, pooled, enc.hidden_states, enc.attentions)
+        return out if as_dict else out.to_tuple()
+
+
+# ------------------------------------------------------------------------------------------- classifiers
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: ViTConfig) -> torch.Tensor:
+    """transformers' rule: regression for one label, cross-entropy for integer labels, else BCE-with-logits."""
+    n = config.num_labels
+    if config.problem_type is None:
+        if n == 1:
+            config.problem_type = "regression"
+        elif n > 1 and labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    labels = labels.to(logits.device)
+    if config.problem_type == "regression":
+        if n == 1:
+            return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
+        return F.mse_loss(logits, labels.to(logits.dtype))
+    if config.problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, n), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+class _ImageClassifier(PreTrainedModel):
+    """Backbone + linear classifier on the CLS token after the final LayerNorm."""
+
+    def __init__(self, config: ViTConfig, backbone: VisionTransformer):
+        super().__init__()
+        self.config = self._check_config(config)
+        self.num_labels = config.num_labels
+        self.vit = backbone
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def forward_features(self, pixel_values: torch.Tensor, **kwargs: Any) -> EncoderOutput:
+        return self.vit.forward_features(pixel_values, **kwargs)
+
+    def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        cls = tokens[:, 0]  # (B, D)
+        return cls if pre_logits else self.classifier(cls)
+
+    def reset_classifier(self, num_labels: int, id2label: dict[int, str] | None = None) -> None:
+        """Replace the classifier by a freshly initialised one with ``num_labels`` outputs."""
+        self.config.num_labels, self.config.id2label, self.config.label2id = num_labels, id2label, None
+        self.config._init_labels()
+        self.num_labels = num_labels
+        self.classifier = nn.Linear(self.config.hidden_size, num_labels) if num_labels > 0 else nn.Identity()
+        self.classifier.apply(lambda m: init_weights(m, self.config.initializer_range))
+        self.classifier.to(self.vit.pos_embed.device, self.vit.pos_embed.dtype)
+
+    def forward(self, pixel_values: torch.Tensor | None = None, head_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, interpolate_pos_encoding: bool | None = None,
+                return_dict: bool | None = None, **kwargs: Any):
+        _check_no_unused(kwargs)
+        attn, hidden, as_dict = self._flags(output_attentions, output_hidden_states, return_dict)
+        enc = self._encode(pixel_values, head_mask=head_mask, output_attentions=attn, output_hidden_states=hidden,
+                           interpolate_pos_encoding=interpolate_pos_encoding)
+        logits = self.forward_head(enc.tokens)
+        loss = classification_loss(logits, labels, self.config) if labels is not None else None
+        out = ImageClassifierOutput(loss, logits, enc.hidden_states, enc.attentions)
+        return out if as_dict else out.to_tuple()
+
+
+class ViTMSNForImageClassification(_ImageClassifier):
+    """ViT-MSN with a linear classifier on the CLS token (as transformers' ViTMSNForImageClassification)."""
+
+    config_class = ViTMSNConfig
+
+    def __init__(self, config: ViTMSNConfig):
+        super().__init__(config, ViTMSNModel(config))
+
+
+class ViTForImageClassification(_ImageClassifier):
+    """ViT with a linear classifier on the CLS token (as transformers' ViTForImageClassification)."""
+
+    config_class = ViTConfig
+
+    def __init__(self, config: ViTConfig):
+        super().__init__(config, ViTModel(config, add_pooling_layer=False))
+
+
+# ---------------------------------------------------------------------------------------------- SimMIM
+
+
+class ViTForMaskedImageModeling(PreTrainedModel):
+    """ViT with SimMIM's decoder (as transformers' ViTForMaskedImageModeling).
+
+    Unlike transformers, the token grid is taken from the input, so non-square images and
+    ``interpolate_pos_encoding`` at other sizes work.
+    """
+
+    config_class = ViTConfig
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.config = self._check_config(config)
+        self.vit = ViTModel(config, add_pooling_layer=False, use_mask_token=True)
+        self.decoder = simmim_decoder(config.hidden_size, config.encoder_stride, config.num_channels)
+        self.post_init()
+
+    def forward_features(self, pixel_values: torch.Tensor, **kwargs: Any) -> EncoderOutput:
+        return self.vit.forward_features(pixel_values, **kwargs)
+
+    def forward_head(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Patch tokens (B, 1 + gh*gw, D) -> reconstructed pixels (B, C, gh*stride, gw*stride)."""
+        x = tokens[:, 1:]
+        B, P, D = x.shape
+        x = x.transpose(1, 2).reshape(B, D, *grid)
+        return self.decoder(x)
+
+    def forward(self, pixel_values: torch.Tensor | None = None, bool_masked_pos: torch.Tensor | None = None,
+                head_mask: torch.Tensor | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, interpolate_pos_encoding: bool | None = None,
+                return_dict: bool | None = None, **kwargs: Any):
+        _check_no_unused(kwargs)
+        c = self.config
+        if bool_masked_pos is not None and c.patch_size != c.encoder_stride:
+            raise ValueError(
+                "When `bool_masked_pos` is provided, `patch_size` must be equal to `encoder_stride` to ensure that "
+                f"the reconstructed image has the same dimensions as the input. Got `patch_size` = {c.patch_size} "
+                f"and `encoder_stride` = {c.encoder_stride}."
+            )
+        attn, hidden, as_dict = self._flags(output_attentions, output_hidden_states, return_dict)
+        enc = self._encode(pixel_values, bool_masked_pos=bool_masked_pos, head_mask=head_mask,
+                           output_attentions=attn, output_hidden_states=hidden,
+                           interpolate_pos_encoding=interpolate_pos_encoding)
+        ph, pw = self.vit.patch_size
+        grid = (pixel_values.shape[2] // ph, pixel_values.shape[3] // pw)
+        reconstruction = self.forward_head(enc.tokens, grid)
+        loss = None
+        if bool_masked_pos is not None:
+            # (B, gh, gw) -> pixel mask (B, 1, H, W); L1 on masked pixels, averaged as transformers does
+            mask = bool_masked_pos.reshape(-1, *grid).repeat_interleave(ph, 1).repeat_interleave(pw, 2).unsqueeze(1)
+            mask = mask.to(reconstruction.dtype)
+            target = pixel_values[:, :, : reconstruction.shape[2], : reconstruction.shape[3]]
+            l1 = F.l1_loss(target.to(reconstruction.dtype), reconstruction, reduction="none")
+            loss = (l1 * mask).sum() / (mask.sum() + 1e-5) / c.num_channels
+        out = MaskedImageModelingOutput(loss, reconstruction, enc.hidden_states, enc.attentions)
+        return out if as_dict else out.to_tuple()
+
+
+MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
+    c.__name__: c for c in (ViTMSNModel, ViTMSNForImageClassification, ViTModel, ViTForImageClassification,
+                            ViTForMaskedImageModeling)
+}
