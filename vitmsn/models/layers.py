@@ -43,8 +43,6 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, C, Himg, Wimg) -> (B, gh * gw, D), row-major over the patch grid
-        if x.ndim != 4:
-            raise ValueError(f"pixel_values must have shape (batch, channels, height, width), got {tuple(x.shape)}")
         if x.shape[1] != self.num_channels:
             raise ValueError(
                 "Make sure that the channel dimension of the pixel values match with the one set in the "

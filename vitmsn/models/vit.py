@@ -95,6 +95,9 @@ class VisionTransformer(nn.Module):
         keeps only those patch tokens, *after* position embeddings are added, so that the dropped tokens are
         never computed (MSN's random masking).
         """
+        if pixel_values.ndim != 4:
+            raise ValueError("pixel_values must have shape (batch, channels, height, width), got "
+                             f"{tuple(pixel_values.shape)}")
         B, _, height, width = pixel_values.shape
         pixel_values = pixel_values.to(self.patch_embed.proj.weight.dtype)
         x = self.patch_embed(pixel_values)  # (B, P, D)

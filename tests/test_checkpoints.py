@@ -1,0 +1,229 @@
+"""Checkpoint I/O: round trips with transformers, cross-class loading, and clear errors for bad files."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+
+import vitmsn
+from tests.conftest import TINY, save_hf
+from vitmsn.checkpoints import CheckpointError
+
+transformers = pytest.importorskip("transformers")
+
+
+def tiny(cls=vitmsn.ViTMSNModel, cfg=vitmsn.ViTMSNConfig, **kw):
+    torch.manual_seed(3)
+    model = cls(cfg(**{**TINY, **kw})).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+ROUND_TRIP = [
+    (vitmsn.ViTMSNModel, vitmsn.ViTMSNConfig, {}),
+    (vitmsn.ViTMSNForImageClassification, vitmsn.ViTMSNConfig, {"num_labels": 3}),
+    (vitmsn.ViTModel, vitmsn.ViTConfig, {}),
+    (vitmsn.ViTForImageClassification, vitmsn.ViTConfig, {"num_labels": 3}),
+    (vitmsn.ViTForMaskedImageModeling, vitmsn.ViTConfig, {"encoder_stride": 8}),
+]
+
+
+def first(out):
+    for name in ("logits", "reconstruction", "pooler_output", "last_hidden_state"):
+        if getattr(out, name, None) is not None:
+            return getattr(out, name)
+    raise AssertionError(out)
+
+
+@pytest.mark.parametrize("cls,cfg,kw", ROUND_TRIP, ids=[c[0].__name__ for c in ROUND_TRIP])
+def test_round_trip_through_transformers(tmp_path, cls, cfg, kw):
+    ours = tiny(cls, cfg, **kw)
+    ours.save_pretrained(tmp_path / "ours")
+    ref = getattr(transformers, cls.__name__).from_pretrained(tmp_path / "ours", output_loading_info=True)
+    ref, info = ref
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(first(ref.eval()(x)), first(ours(x)), atol=1e-5, rtol=0)
+    # and back: transformers' file loads into vitmsn with the same numbers
+    ref.save_pretrained(tmp_path / "ref")
+    back = cls.from_pretrained(tmp_path / "ref")
+    with torch.no_grad():
+        torch.testing.assert_close(first(back(x)), first(ours(x)), atol=1e-6, rtol=0)
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["architectures"] == [cls.__name__]
+
+
+def test_config_fields_survive(tmp_path):
+    ours = tiny(vitmsn.ViTMSNForImageClassification, num_labels=2, id2label={0: "cat", 1: "dog"})
+    ours.save_pretrained(tmp_path)
+    ref = transformers.ViTMSNForImageClassification.from_pretrained(tmp_path)
+    assert ref.config.id2label == {0: "cat", 1: "dog"}
+    assert ref.config.layer_norm_eps == 1e-6
+    again = vitmsn.ViTMSNForImageClassification.from_pretrained(tmp_path)
+    assert again.config.id2label == {0: "cat", 1: "dog"} and again.config.label2id == {"cat": 0, "dog": 1}
+
+
+def test_base_checkpoint_into_head_and_back(tmp_path, caplog):
+    base = tiny(vitmsn.ViTMSNModel)
+    base.save_pretrained(tmp_path / "base")
+    clf = vitmsn.ViTMSNForImageClassification.from_pretrained(tmp_path / "base", num_labels=5)
+    assert "classifier" in caplog.text  # newly initialised, and said so
+    assert clf.config.num_labels == 5
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(clf.vit(x).last_hidden_state, base(x).last_hidden_state)
+    clf.save_pretrained(tmp_path / "clf")
+    base2 = vitmsn.ViTMSNModel.from_pretrained(tmp_path / "clf")  # the classifier is dropped
+    with torch.no_grad():
+        torch.testing.assert_close(base2(x).last_hidden_state, base(x).last_hidden_state)
+
+
+def test_mixed_transformers5_layout_loads(tmp_path_factory):
+    ref, path = save_hf(tmp_path_factory, "ViTMSNForImageClassification", "ViTMSNConfig")
+    from safetensors.torch import load_file
+
+    keys = load_file(path / "model.safetensors").keys()
+    assert any(k.startswith("encoder.layer.") for k in keys) and any(k.startswith("vit.embeddings") for k in keys)
+    ours = vitmsn.ViTMSNForImageClassification.from_pretrained(path)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).logits, ref(x).logits, atol=1e-5, rtol=0)
+
+
+def test_ignore_mismatched_sizes(tmp_path):
+    tiny(vitmsn.ViTMSNForImageClassification, num_labels=3).save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="ignore_mismatched_sizes"):
+        vitmsn.ViTMSNForImageClassification.from_pretrained(tmp_path, num_labels=7)
+    m = vitmsn.ViTMSNForImageClassification.from_pretrained(tmp_path, num_labels=7, ignore_mismatched_sizes=True)
+    assert m.classifier.out_features == 7
+
+
+def test_dtype_and_attn_implementation(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    m = vitmsn.ViTMSNModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16, attn_implementation="eager")
+    assert m.dtype == torch.bfloat16 and m.config.attn_implementation == "eager"
+    assert not m.training
+    out = m(torch.randn(1, 3, 32, 32))
+    assert out.last_hidden_state.dtype == torch.bfloat16
+
+
+def test_num_parameters_matches_transformers(tmp_path):
+    ours = tiny(vitmsn.ViTModel, vitmsn.ViTConfig)
+    ours.save_pretrained(tmp_path)
+    ref = transformers.ViTModel.from_pretrained(tmp_path)
+    assert ours.num_parameters() == ref.num_parameters()
+
+
+def test_gradient_checkpointing_same_gradients():
+    m = tiny(vitmsn.ViTMSNForImageClassification).train()
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    m(x, labels=y).loss.backward()
+    g1 = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    m.gradient_checkpointing_enable()
+    assert m.is_gradient_checkpointing
+    m(x, labels=y).loss.backward()
+    for a, p in zip(g1, m.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, a)
+
+
+# ----------------------------------------------------------------------------------------- bad files
+
+
+def test_missing_weight_file(tmp_path):
+    tiny().config.save_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no weights"):
+        vitmsn.ViTMSNModel.from_pretrained(tmp_path)
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        vitmsn.ViTMSNModel.from_pretrained(tmp_path / "nope")
+
+
+def test_truncated_safetensors(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="damaged or truncated"):
+        vitmsn.ViTMSNModel.from_pretrained(tmp_path)
+
+
+def test_shape_mismatched_checkpoint(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["intermediate_size"] = 40
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"shape mismatch for blocks\.0\.mlp\.fc1\.weight"):
+        vitmsn.ViTMSNModel.from_pretrained(tmp_path)
+
+
+def test_missing_and_unexpected_keys_are_listed(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tiny().save_pretrained(tmp_path)
+    sd = load_file(tmp_path / "model.safetensors")
+    sd.pop("encoder.layer.1.output.dense.weight")
+    sd["encoder.layer.0.surprise.weight"] = torch.zeros(1)
+    save_file(sd, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError) as e:
+        vitmsn.ViTMSNModel.from_pretrained(tmp_path)
+    assert "missing keys (1): blocks.1.mlp.fc2.weight" in str(e.value)
+    assert "unexpected keys (1): encoder.layer.0.surprise.weight" in str(e.value)
+
+
+def test_unknown_model_type(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["model_type"] = "bert"
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="'bert'"):
+        vitmsn.ViTMSNModel.from_pretrained(tmp_path)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tiny().config.save_pretrained(tmp_path)
+    with open(tmp_path / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"embeddings.cls_token": _Evil()}, f)
+    with pytest.raises(CheckpointError, match="refused"):
+        vitmsn.ViTMSNModel.from_pretrained(tmp_path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_offline_hub_id_names_the_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(OSError) as e:
+        vitmsn.ViTMSNModel.from_pretrained("facebook/vit-msn-small")
+    assert "facebook/vit-msn-small" in str(e.value) and "local directory" in str(e.value)
+
+
+def test_hub_id_from_cache(tmp_path, monkeypatch):
+    """A Hub id resolves through huggingface_hub's cache layout (what a download leaves behind)."""
+    model = tiny()
+    snap = tmp_path / "hub" / "models--someone--tiny-msn" / "snapshots" / ("a" * 40)
+    model.save_pretrained(snap)
+    (tmp_path / "hub" / "models--someone--tiny-msn" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someone--tiny-msn" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"), raising=False)
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True, raising=False)
+    loaded = vitmsn.ViTMSNModel.from_pretrained("someone/tiny-msn")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).last_hidden_state, model(x).last_hidden_state)

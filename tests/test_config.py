@@ -1,0 +1,119 @@
+"""Config dataclasses: transformers' defaults, config.json round trips, clear errors for impossible values."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import vitmsn
+from vitmsn.config import ViTConfig, ViTMSNConfig, config_from_dict
+
+transformers = pytest.importorskip("transformers")
+
+FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+          "hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range", "layer_norm_eps",
+          "image_size", "patch_size", "num_channels", "qkv_bias")
+
+
+@pytest.mark.parametrize("ours,theirs", [(ViTMSNConfig, "ViTMSNConfig"), (ViTConfig, "ViTConfig")])
+def test_defaults_match_transformers(ours, theirs):
+    a, b = ours(), getattr(transformers, theirs)()
+    for f in FIELDS:
+        assert getattr(a, f) == getattr(b, f), f
+    assert a.num_labels == b.num_labels == 2
+    if ours is ViTConfig:
+        assert (a.encoder_stride, a.pooler_output_size, a.pooler_act) == (16, 768, "tanh")
+
+
+@pytest.mark.parametrize("ours,theirs", [(ViTMSNConfig, "ViTMSNConfig"), (ViTConfig, "ViTConfig")])
+def test_config_json_both_ways(tmp_path, ours, theirs):
+    cfg = ours(hidden_size=64, num_attention_heads=4, image_size=96, id2label={0: "a", 1: "b", 2: "c"},
+               hidden_act="gelu_new", problem_type="single_label_classification")
+    cfg.save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    assert data["model_type"] == ours.model_type and data["id2label"] == {"0": "a", "1": "b", "2": "c"}
+    ref = getattr(transformers, theirs).from_pretrained(tmp_path)
+    for f in FIELDS:
+        assert getattr(ref, f) == getattr(cfg, f), f
+    assert ref.id2label == cfg.id2label and ref.num_labels == 3
+    ref.save_pretrained(tmp_path / "back")
+    back = ours.from_pretrained(tmp_path / "back")
+    for f in (*FIELDS, "id2label", "label2id", "problem_type"):
+        assert getattr(back, f) == getattr(cfg, f), f
+
+
+def test_unknown_keys_are_kept(tmp_path):
+    cfg = ViTMSNConfig.from_dict({"model_type": "vit_msn", "hidden_size": 64, "num_attention_heads": 4,
+                                  "my_custom_key": [1, 2]})
+    assert cfg.extra == {"my_custom_key": [1, 2]}
+    cfg.save_pretrained(tmp_path)
+    assert ViTMSNConfig.from_pretrained(tmp_path).extra["my_custom_key"] == [1, 2]
+
+
+def test_num_labels_override():
+    cfg = ViTMSNConfig.from_dict({"model_type": "vit_msn", "id2label": {"0": "a", "1": "b"}}, num_labels=5)
+    assert cfg.num_labels == 5 and len(cfg.id2label) == 5
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"hidden_size": 100, "num_attention_heads": 12}, "divisible by num_attention_heads"),
+    ({"image_size": 225}, "divisible by patch_size"),
+    ({"hidden_act": "mish"}, "hidden_act='mish' is not supported"),
+    ({"hidden_dropout_prob": 1.5}, "hidden_dropout_prob"),
+    ({"num_hidden_layers": 0}, "num_hidden_layers must be a positive integer"),
+    ({"layer_norm_eps": 0.0}, "layer_norm_eps"),
+    ({"problem_type": "ranking"}, "problem_type"),
+    ({"attn_implementation": "flash"}, "attn_implementation"),
+    ({"num_labels": 3, "id2label": {0: "a"}}, "disagrees"),
+])
+def test_impossible_values_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ViTMSNConfig(**kwargs)
+
+
+def test_unknown_model_type():
+    with pytest.raises(ValueError, match="unsupported model_type 'bert'"):
+        config_from_dict({"model_type": "bert"})
+    with pytest.raises(ValueError, match="expects 'vit_msn'"):
+        ViTMSNConfig.from_dict({"model_type": "vit"})
+
+
+@pytest.mark.parametrize("act", ["gelu", "relu", "selu", "gelu_new"])
+def test_activations_match_transformers(tmp_path, act):
+    from tests.conftest import TINY
+
+    from transformers.activations import ACT2FN
+
+    if act not in ACT2FN:  # transformers documents "selu" but has no such activation: check ours by hand
+        mlp = vitmsn.ViTMSNModel(ViTMSNConfig(**TINY, hidden_act=act)).blocks[0].mlp
+        x = torch.randn(4, TINY["hidden_size"])
+        expected = mlp.fc2(getattr(torch.nn.functional, act)(mlp.fc1(x)))
+        torch.testing.assert_close(mlp(x), expected)
+        return
+    torch.manual_seed(0)
+    ref = transformers.ViTMSNModel(transformers.ViTMSNConfig(**TINY, hidden_act=act)).eval()
+    ref.save_pretrained(tmp_path)
+    ours = vitmsn.ViTMSNModel.from_pretrained(tmp_path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).last_hidden_state, ref(x).last_hidden_state, atol=1e-5, rtol=0)
+
+
+def test_bad_pixel_values():
+    from tests.conftest import TINY
+
+    model = vitmsn.ViTMSNModel(ViTMSNConfig(**TINY)).eval()
+    with pytest.raises(ValueError, match="Expected 3 but got 1"):
+        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"doesn't match model \(32\*32\).*interpolate_pos_encoding=True"):
+        model(torch.randn(1, 3, 48, 48))
+    with pytest.raises(ValueError, match="pixel_values"):
+        model()
+    with pytest.raises(ValueError, match=r"\(batch, channels, height, width\)"):
+        model(torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match="head_mask must have shape"):
+        model(torch.randn(1, 3, 32, 32), head_mask=torch.ones(3))
+    with pytest.raises(ValueError, match="use_mask_token=True"):
+        model(torch.randn(1, 3, 32, 32), bool_masked_pos=torch.zeros(1, 16, dtype=torch.bool))
