@@ -1,0 +1,178 @@
+"""The ``vitmsn`` command: thin subcommands that parse arguments and call library functions.
+
+Errors a user can fix (bad paths, bad settings, bad images or checkpoints) print one line and exit 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+EPILOG = """examples:
+  vitmsn quickstart                                  # pretrain on Fashion-MNIST, print the low-shot table
+  vitmsn pretrain --preset fashion-mnist             # MSN pretraining with a preset
+  vitmsn pretrain --preset vit-small/16 --data ~/images --set batch_size=256 --set epochs=100
+  torchrun --nproc_per_node 8 -m vitmsn pretrain --preset vit-base/16 --data /imagenet/train
+  vitmsn export runs/msn my-model                    # the target encoder as a transformers directory
+  vitmsn lowshot --model my-model --data fashion-mnist --shots 1,2,5,10
+  vitmsn predict --model my-classifier cat.jpg
+  vitmsn info --model my-model
+
+Models are directories in transformers' format or Hub ids (downloaded when online)."""
+
+
+class UserError(Exception):
+    """A problem with the user's input; printed as one line."""
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
+    for noisy in ("PIL", "matplotlib", "urllib3", "httpx", "filelock", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# ------------------------------------------------------------------------------------------- commands
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    """Print a checkpoint's class, configuration and parameter count."""
+    from vitmsn.checkpoints import load_config_dict
+    from vitmsn.models.hf import MODEL_CLASSES
+
+    data = load_config_dict(args.model)
+    arch = (data.get("architectures") or ["ViTMSNModel"])[0]
+    cls = MODEL_CLASSES.get(arch)
+    if cls is None:
+        raise UserError(f"{args.model}: architecture {arch!r} is not one vitmsn provides "
+                        f"({', '.join(MODEL_CLASSES)})")
+    model = cls.from_pretrained(args.model)
+    c = model.config
+    info = {"class": arch, "model_type": c.model_type, "parameters": model.num_parameters(),
+            "hidden_size": c.hidden_size, "layers": c.num_hidden_layers, "heads": c.num_attention_heads,
+            "image_size": c.image_size, "patch_size": c.patch_size, "num_channels": c.num_channels,
+            "num_labels": c.num_labels if "Classification" in arch else None}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for k, v in info.items():
+            if v is not None:
+                print(f"{k:>12}: {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k:>12}: {v}")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    """MSN pretraining."""
+    from vitmsn.msn.config import PretrainConfig, describe_settings, preset
+    from vitmsn.msn.train import pretrain
+
+    if args.list_settings:
+        print("settings (--set key=value):\n" + describe_settings())
+        return
+    if args.resume and args.preset is None and args.config is None:
+        run = Path(args.out or "")
+        if not (run / "config.json").exists():
+            raise UserError("--resume needs --out RUN_DIR (the run folder to continue)")
+        cfg = PretrainConfig.load(run / "config.json")
+    elif args.config:
+        cfg = PretrainConfig.load(args.config)
+    else:
+        cfg = preset(args.preset or "fashion-mnist")
+    changes = list(args.set or [])
+    if args.data:
+        changes.append(f"data={args.data}")
+    if args.out:
+        changes.append(f"out={args.out}")
+    if args.epochs:
+        changes.append(f"epochs={args.epochs}")
+    cfg = cfg.with_overrides(changes)
+    out = pretrain(cfg, resume=args.resume, init=args.init, device=args.device, progress=not args.no_progress)
+    print(f"run folder: {out}\nexport the encoder with: vitmsn export {out} OUT_DIR")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    """Write a run's target encoder as a transformers-format ViT-MSN directory."""
+    from vitmsn.msn.train import export_encoder
+
+    out = export_encoder(args.run, args.out, checkpoint=args.checkpoint, which=args.which)
+    print(f"wrote {out} (load it with ViTMSNModel.from_pretrained({str(out)!r}))")
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vitmsn", description="Vision Transformers trained with Masked Siamese Networks (MSN).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, fn: Callable, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=description or help,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.set_defaults(func=fn)
+        return sp
+
+    sp = add("info", cmd_info, "show a model's class, size and configuration")
+    sp.add_argument("--model", required=True, help="model directory or Hub id")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+
+    sp = add("pretrain", cmd_pretrain, "MSN self-supervised pretraining",
+             "MSN pretraining on unlabelled images (an image folder or Fashion-MNIST).\n\n"
+             "Start from a preset and change any setting with --set key=value (--list-settings shows them\n"
+             "all with their defaults). Checkpoints go to OUT/checkpoints; --resume continues a run exactly\n"
+             "where it stopped. Under torchrun each process takes its share of the global batch.")
+    sp.add_argument("--preset", help="fashion-mnist (default), vit-small/16, vit-base/16, vit-large/16, "
+                                     "vit-base/4, vit-large/7")
+    sp.add_argument("--config", help="a config.json of an earlier run to start from")
+    sp.add_argument("--data", help="image folder, or the folder of the Fashion-MNIST IDX files")
+    sp.add_argument("--out", help="run folder (default: runs/<preset>)")
+    sp.add_argument("--epochs", type=int, help="number of epochs (same as --set epochs=N)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a setting (repeatable)")
+    sp.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    sp.add_argument("--init", metavar="DIR", help="start from a ViT-MSN directory (with msn_head.safetensors, "
+                                                  "also the projection head and prototypes)")
+    sp.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.add_argument("--list-settings", action="store_true", help="list every setting and its default, then exit")
+
+    sp = add("export", cmd_export, "write a pretraining run's encoder as a transformers-format directory")
+    sp.add_argument("run", help="run folder of vitmsn pretrain")
+    sp.add_argument("out", help="output directory")
+    sp.add_argument("--checkpoint", help="a checkpoint file other than checkpoints/latest.pt")
+    sp.add_argument("--which", choices=("target", "online"), default="target",
+                    help="the EMA target encoder (default, as the paper evaluates) or the online encoder")
+
+    for register in _EXTENSIONS:
+        register(sub, add)
+    return p
+
+
+# subcommands defined next to the code they call register themselves here
+_EXTENSIONS: list[Callable] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from vitmsn.checkpoints import CheckpointError
+
+    try:
+        args.func(args)
+    except (UserError, CheckpointError, FileNotFoundError, FileExistsError, ValueError, OSError) as e:
+        if args.verbose:
+            raise
+        print(f"vitmsn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

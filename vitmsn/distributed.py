@@ -1,0 +1,109 @@
+"""One machine or many: process-group set-up under ``torchrun``, and the few collectives training needs.
+
+``torchrun --nproc_per_node N -m vitmsn pretrain ...`` sets RANK / WORLD_SIZE / LOCAL_RANK; without them
+everything runs in one process and every collective is the identity.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env(device: str | None = None) -> torch.device:
+    """Join the process group if launched by torchrun (NCCL on GPU, gloo on CPU); return this rank's device."""
+    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not is_initialized():
+        backend = "nccl" if use_cuda else "gloo"
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    if use_cuda:
+        return torch.device("cuda", local_rank)
+    return torch.device(device or "cpu")
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
+    """In-place sum over processes (no autograd)."""
+    if is_initialized() and world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def all_reduce_mean_(t: torch.Tensor) -> torch.Tensor:
+    if is_initialized() and world_size() > 1:
+        dist.all_reduce(t)
+        t /= world_size()
+    return t
+
+
+class GlobalBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose batch statistics are those of the global batch, on any device.
+
+    ``nn.SyncBatchNorm`` runs on GPUs only; this does the same on the CPU with a differentiable all-reduce of
+    the per-feature sums, so that N gloo processes compute what one process computes on the whole batch.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_initialized() and world_size() > 1):
+            return super().forward(x)
+        import torch.distributed.nn.functional as dnn
+
+        # x: (n, C) local rows; stats: (2C + 1,) = [sum x, sum x^2, n], summed over processes
+        stats = torch.cat([x.sum(0), (x * x).sum(0), x.new_tensor([x.shape[0]])])
+        stats = dnn.all_reduce(stats)
+        C = x.shape[1]
+        n = stats[-1]
+        mean = stats[:C] / n
+        var = (stats[C: 2 * C] / n - mean * mean).clamp_min(0)  # biased, as BatchNorm normalises with
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach() * m)
+                self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)) * m)
+        y = (x - mean) * torch.rsqrt(var + self.eps)
+        return y * self.weight + self.bias if self.affine else y
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """SyncBatchNorm on GPU, GlobalBatchNorm1d on CPU; no change in a single process."""
+    if world_size() == 1:
+        return module
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm1d:
+            new = GlobalBatchNorm1d(child.num_features, child.eps, child.momentum, child.affine,
+                                    child.track_running_stats)
+            new.load_state_dict(child.state_dict())
+            setattr(module, name, new)
+        else:
+            convert_sync_batchnorm(child, device)
+    return module

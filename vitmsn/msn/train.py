@@ -1,0 +1,342 @@
+"""MSN pretraining (Assran et al., 2022, Sec. 3), on one process or many (``torchrun``), with exact resume.
+
+One step, in the paper's order:
+  Step 1  views -> anchor embeddings (masked random anchor + focal anchors) and target embeddings
+  Step 2  loss: cross-entropy to sharpened targets + ME-MAX, backward, clip, AdamW step
+  Step 3  momentum (EMA) update of the target encoder and head
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from vitmsn import distributed as dist
+from vitmsn.models.heads import Prototypes
+from vitmsn.msn.config import PretrainConfig
+from vitmsn.msn.losses import MSNLoss
+from vitmsn.msn.masking import random_keep_indices
+from vitmsn.msn.model import MSNNetwork
+from vitmsn.msn.schedules import Schedule, ema_update, param_groups, set_lr, set_weight_decay
+from vitmsn.training import (
+    GlobalBatchSampler,
+    MetricLogger,
+    NonFiniteLossError,
+    SeededTransform,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+
+logger = logging.getLogger("vitmsn")
+
+LATEST = "latest.pt"
+# settings that may differ between a run and its resumption (everything else must match)
+_RESUMABLE_CHANGES = {"out", "num_workers", "log_every", "max_steps", "checkpoint_every", "checkpoint_every_steps",
+                      "tensorboard", "data"}
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def build_dataset(cfg: PretrainConfig) -> Dataset:
+    """Unlabelled images: an image folder (recursive, corrupt files skipped) or Fashion-MNIST."""
+    if cfg.dataset == "fashion-mnist":
+        from vitmsn.data.fashion_mnist import FashionMNIST
+
+        return FashionMNIST("train", root=cfg.data)
+    from vitmsn.data.folder import ImageFolderDataset
+
+    if cfg.data is None:
+        raise ValueError("an image folder is needed: pass --data DIR (or choose the fashion-mnist preset)")
+    return ImageFolderDataset(cfg.data, labelled=False)
+
+
+def build_views(cfg: PretrainConfig):
+    from vitmsn.msn.transforms import MSNViews, ViewConfig
+
+    return MSNViews(ViewConfig(
+        rand_size=cfg.rand_size, focal_size=cfg.focal_size, rand_views=cfg.rand_views,
+        focal_views=cfg.focal_views, rand_crop_scale=tuple(cfg.rand_crop_scale),
+        focal_crop_scale=tuple(cfg.focal_crop_scale), color_jitter_strength=cfg.color_jitter,
+        blur_prob=cfg.blur_prob, mean=tuple(cfg.mean), std=tuple(cfg.std), num_channels=cfg.num_channels,
+    ))
+
+
+# ---------------------------------------------------------------------------------------------- state
+
+
+@dataclasses.dataclass
+class MSNState:
+    """Everything a step changes; what a checkpoint holds."""
+
+    online: MSNNetwork
+    target: MSNNetwork
+    prototypes: Prototypes
+    optimizer: torch.optim.Optimizer
+    step: int = 0
+
+    def state_dict(self, cfg: PretrainConfig) -> dict[str, Any]:
+        return {"step": self.step, "online": self.online.state_dict(), "target": self.target.state_dict(),
+                "prototypes": self.prototypes.weight.detach(), "optimizer": self.optimizer.state_dict(),
+                "rng": rng_state(), "config": cfg.to_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.online.load_state_dict(state["online"])
+        self.target.load_state_dict(state["target"])
+        with torch.no_grad():
+            self.prototypes.weight.copy_(state["prototypes"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        set_rng_state(state["rng"])
+
+
+def build_state(cfg: PretrainConfig, device: torch.device, init: str | None = None) -> MSNState:
+    online = MSNNetwork(cfg.encoder_config(), cfg.head_hidden_dim, cfg.head_output_dim, cfg.head_use_bn)
+    prototypes = Prototypes(cfg.num_prototypes, cfg.head_output_dim, frozen=cfg.freeze_prototypes)
+    if init is not None:
+        _load_init(online, prototypes, init)
+    online = dist.convert_sync_batchnorm(online, device).to(device)
+    prototypes.to(device)
+    target = copy.deepcopy(online)  # the EMA copy: encoder + head, no gradients
+    for p in target.parameters():
+        p.requires_grad_(False)
+    named = [*online.named_parameters(), ("prototypes", prototypes.weight)]
+    optimizer = torch.optim.AdamW(param_groups(named, cfg.weight_decay), lr=cfg.start_lr)
+    return MSNState(online, target, prototypes, optimizer)
+
+
+def _load_init(online: MSNNetwork, prototypes: Prototypes, init: str) -> None:
+    """Start from released weights: an HF-format ViT-MSN directory, with the head and prototypes if kept."""
+    from vitmsn.checkpoints import load_state_dict_into
+    from vitmsn.models.hf import ViTMSNModel
+
+    encoder = ViTMSNModel.from_pretrained(init)
+    load_state_dict_into(online.encoder, {k: v for k, v in encoder.state_dict().items()}, source=init)
+    head_file = Path(init) / "msn_head.safetensors"
+    if head_file.exists():
+        from vitmsn.convert import load_msn_head
+
+        head, protos = load_msn_head(init)
+        online.head.load_state_dict(head.state_dict())
+        if protos.shape != prototypes.weight.shape:
+            raise ValueError(f"{init} has prototypes of shape {tuple(protos.shape)}, the config asks for "
+                             f"{tuple(prototypes.weight.shape)}: set num_prototypes / head_output_dim to match")
+        with torch.no_grad():
+            prototypes.weight.copy_(protos)
+        logger.info("initialised encoder, projection head and prototypes from %s", init)
+    else:
+        logger.info("initialised the encoder from %s (new projection head and prototypes)", init)
+
+
+def schedules(cfg: PretrainConfig, steps_per_epoch: int) -> dict[str, Schedule]:
+    total = steps_per_epoch * cfg.epochs
+    return {
+        "lr": Schedule("warmup_cosine", total, cfg.start_lr, cfg.final_lr, ref=cfg.lr,
+                       warmup_steps=int(cfg.warmup_epochs * steps_per_epoch), stretch=cfg.schedule_stretch),
+        "wd": Schedule("cosine", total, cfg.weight_decay, cfg.final_weight_decay, stretch=cfg.schedule_stretch),
+        "ema": Schedule("linear", total, cfg.ema_start, cfg.ema_end, stretch=cfg.schedule_stretch),
+    }
+
+
+def mask_for_step(cfg: PretrainConfig, step: int, global_batch: int, num_patches: int,
+                  device: torch.device) -> torch.Tensor:
+    """This process's rows of the step's keep indices: a function of (seed, step) alone."""
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    keep = random_keep_indices(global_batch, num_patches, cfg.patch_drop, per_sample=cfg.mask_per_sample, generator=g)
+    b = global_batch // dist.world_size()
+    return keep[dist.rank() * b: (dist.rank() + 1) * b].to(device)
+
+
+# ------------------------------------------------------------------------------------------- the loop
+
+
+def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = None, device: str | None = None,
+             progress: bool = True) -> Path:
+    """Pretrain with MSN; returns the run folder (config.json, log.csv, checkpoints/)."""
+    dev = dist.init_from_env(device)
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    cfg = _check_run_folder(cfg, out, resume)
+    main = dist.is_main()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.json")
+    seed_everything(cfg.seed)
+    W = dist.world_size()
+    if cfg.batch_size % W:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({W})")
+    b = cfg.batch_size // W
+
+    # -- data: the order depends on (seed, epoch), each augmentation on (seed, epoch, index)
+    images = build_dataset(cfg)
+    dataset = SeededTransform(images, build_views(cfg), seed=cfg.seed)
+    sampler = GlobalBatchSampler(len(dataset), b, seed=cfg.seed, rank=dist.rank(), world_size=W)
+    loader = DataLoader(dataset, batch_size=b, sampler=sampler, num_workers=cfg.num_workers, drop_last=True,
+                        pin_memory=dev.type == "cuda")
+    steps_per_epoch = sampler.batches_per_epoch
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    sched = schedules(cfg, steps_per_epoch)
+
+    # -- networks, prototypes, optimizer; the loss
+    state = build_state(cfg, dev, init=None if resume else init)
+    online = DistributedDataParallel(state.online) if W > 1 else state.online
+    num_views = cfg.rand_views + cfg.focal_views
+    criterion = MSNLoss(num_views, temperature=cfg.temperature, sharpen_T=cfg.sharpen,
+                        me_max_weight=cfg.me_max_weight, entropy_weight=cfg.entropy_weight,
+                        use_sinkhorn=cfg.use_sinkhorn, label_smoothing=cfg.label_smoothing)
+    if resume:
+        state.load_state_dict(load_checkpoint(ckpt_dir / LATEST))
+        logger.info("resumed %s at step %d", out, state.step)
+    log = MetricLogger(out, enabled=main, tensorboard=cfg.tensorboard)
+    log.truncate_after(state.step)
+    num_patches = cfg.encoder_config().num_patches
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+
+    bar = tqdm(total=total_steps, initial=state.step, disable=not (progress and main), desc="pretrain",
+               unit="step", dynamic_ncols=True)
+    t0, seen = time.perf_counter(), 0
+    try:
+        while state.step < total_steps:
+            epoch, start_batch = divmod(state.step, steps_per_epoch)
+            sampler.set_epoch(epoch, start_batch)
+            dataset.set_epoch(epoch)
+            for views, _ in loader:
+                step = state.step
+                # -- apply schedules (lr and weight decay as the original's pre-incremented counters)
+                lr, wd, momentum = sched["lr"](step + 1), sched["wd"](step + 1), sched["ema"](step)
+                set_lr(state.optimizer, lr)
+                set_weight_decay(state.optimizer, wd)
+
+                # Step 1: views -> anchors (masked random views, focal views) and targets
+                views = [v.to(dev, non_blocking=True) for v in views]
+                targets_in = views[0]  # (b, C, H, W)
+                rand = torch.cat(views[1: 1 + cfg.rand_views])  # (R*b, C, H, W), view-major
+                focal = torch.cat(views[1 + cfg.rand_views:]) if cfg.focal_views else rand[:0]  # (F*b, C, h, w)
+                keep_idx = mask_for_step(cfg, step, rand.shape[0] * W, num_patches, dev)  # (R*b, K)
+                with amp:
+                    anchor_z = online(rand, focal, keep_idx=keep_idx)  # ((R+F)*b, d)
+                    with torch.no_grad():
+                        target_z = state.target(targets_in)  # (b, d)
+
+                # Step 2: MSN loss, backward, prototype gradients summed over processes, clip, step
+                out_loss = criterion(anchor_z.float(), target_z.float(), state.prototypes.weight)
+                loss = out_loss.loss
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"the loss became {loss.item()} at step {step}; the last good checkpoint is "
+                        f"{ckpt_dir / LATEST}. Lower lr or turn bf16 off, then resume with --resume."
+                    )
+                state.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if state.prototypes.weight.grad is not None:
+                    dist.all_reduce_sum_(state.prototypes.weight.grad)
+                grad_norm = torch.nn.utils.clip_grad_norm_(state.online.parameters(), cfg.clip_grad) \
+                    if cfg.clip_grad > 0 else torch.tensor(float("nan"))
+                state.optimizer.step()
+
+                # Step 3: momentum update of the target encoder and head
+                ema_update(state.target, state.online, momentum)
+                state.step += 1
+
+                # -- logs, progress, checkpoints
+                seen += rand.shape[0] // cfg.rand_views * W
+                rate = seen / max(time.perf_counter() - t0, 1e-9)
+                metrics = {"epoch": epoch, "loss": loss.item(), "ce": out_loss.ce.item(),
+                           "me_max": out_loss.me_max.item(), "entropy": out_loss.entropy.item(),
+                           "num_targets": out_loss.num_unique_targets, "max_target": out_loss.max_target.item(),
+                           "lr": lr, "wd": wd, "momentum": momentum, "grad_norm": float(grad_norm),
+                           "images_per_s": rate}
+                if state.step % cfg.log_every == 0 or state.step == total_steps:
+                    log.log(state.step, metrics)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
+                bar.update(1)
+                end_of_epoch = state.step % steps_per_epoch == 0
+                if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0 or end_of_epoch \
+                        or state.step == total_steps:
+                    _save(state, cfg, ckpt_dir, numbered=end_of_epoch and (epoch + 1) % cfg.checkpoint_every == 0,
+                          epoch=epoch + 1)
+                if state.step >= total_steps:
+                    break
+    finally:
+        bar.close()
+        log.close()
+    dist.barrier()
+    if main:
+        logger.info("pretraining finished after %d steps; run folder %s", state.step, out)
+    return out
+
+
+def _save(state: MSNState, cfg: PretrainConfig, ckpt_dir: Path, *, numbered: bool, epoch: int) -> None:
+    if not dist.is_main():
+        return
+    sd = state.state_dict(cfg)
+    save_checkpoint(sd, ckpt_dir / LATEST)
+    if numbered:
+        save_checkpoint(sd, ckpt_dir / f"epoch-{epoch:04d}.pt")
+
+
+def _check_run_folder(cfg: PretrainConfig, out: Path, resume: bool) -> PretrainConfig:
+    latest = out / "checkpoints" / LATEST
+    if not resume:
+        if latest.exists():
+            raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+        return cfg
+    if not latest.exists():
+        raise FileNotFoundError(f"nothing to resume: {latest} does not exist")
+    saved = json.loads((out / "config.json").read_text())
+    now = cfg.to_dict()
+    diff = {k for k in saved if k in now and saved[k] != now[k] and k not in _RESUMABLE_CHANGES}
+    if diff:
+        raise ValueError("the settings differ from the run being resumed: " + ", ".join(
+            f"{k} (run: {saved[k]!r}, now: {now[k]!r})" for k in sorted(diff)))
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------- export
+
+
+def export_encoder(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str | Path | None = None,
+                   which: str = "target") -> Path:
+    """Write the target (EMA) encoder of a run as a transformers-format ViT-MSN directory."""
+    from vitmsn.models.hf import ViTMSNModel
+
+    run_dir = Path(run_dir)
+    ckpt = Path(checkpoint) if checkpoint else run_dir / "checkpoints" / LATEST
+    state = load_checkpoint(ckpt)
+    cfg = PretrainConfig(**{k: v for k, v in state["config"].items()})
+    model = ViTMSNModel(cfg.encoder_config())
+    prefix = "encoder."
+    weights = {k[len(prefix):]: v for k, v in state[which].items() if k.startswith(prefix)}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{ckpt}: encoder weights do not fit (missing {missing}, unexpected {unexpected})")
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    from vitmsn.processing import ViTImageProcessor
+
+    ViTImageProcessor(size={"height": cfg.rand_size, "width": cfg.rand_size}, image_mean=list(cfg.mean),
+                      image_std=list(cfg.std)).save_pretrained(out_dir)
+    (out_dir / "msn_pretrain.json").write_text(json.dumps({"run": str(run_dir), "checkpoint": str(ckpt),
+                                                            "step": state["step"], "which": which}, indent=2))
+    return out_dir
+
+
+def steps_for(cfg: PretrainConfig, num_images: int) -> int:
+    """Steps in a whole run over ``num_images`` images."""
+    return (num_images // cfg.batch_size) * cfg.epochs
+

@@ -1,0 +1,183 @@
+"""Pieces shared by pretraining and fine-tuning: data order, seeding, run checkpoints, logs.
+
+Exact resume rests on three facts: (1) the data order of an epoch is a function of (seed, epoch); (2) the
+augmentation of an image is a function of (seed, epoch, index), whatever worker draws it; (3) everything
+else that changes (weights, optimizer, step, RNG states) is in the checkpoint, written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from vitmsn.checkpoints import CheckpointError, atomic_torch_save, load_pickle
+
+logger = logging.getLogger("vitmsn")
+
+
+# ------------------------------------------------------------------------------------------- data order
+
+
+class GlobalBatchSampler(Sampler[int]):
+    """Shuffled indices, cut into global batches; each process takes its slice of every global batch.
+
+    With W processes and per-process batch b, process r sees rows [r*b, (r+1)*b) of each global batch of
+    W*b, so W processes together see exactly the batches one process sees with batch W*b. The order
+    depends on (seed, epoch) only; ``set_epoch(epoch, start_batch)`` resumes in the middle of an epoch.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True):
+        if num_samples < batch_size * world_size:
+            raise ValueError(
+                f"{num_samples} images are fewer than one global batch of {batch_size * world_size}; "
+                "lower batch_size"
+            )
+        self.n, self.b, self.seed, self.rank, self.world, self.shuffle = (
+            num_samples, batch_size, seed, rank, world_size, shuffle)
+        self.epoch, self.start_batch = 0, 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.n // (self.b * self.world)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        G = self.b * self.world
+        for i in range(self.start_batch, self.batches_per_epoch):
+            yield from order[i * G + self.rank * self.b: i * G + (self.rank + 1) * self.b].tolist()
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.b
+
+
+class SeededTransform(Dataset):
+    """Applies ``transform`` with the RNGs seeded from (seed, epoch, index): augmentations that do not
+    depend on which worker draws them, nor on where a run was resumed."""
+
+    def __init__(self, base: Dataset, transform: Callable, seed: int = 0):
+        self.base, self.transform, self.seed, self.epoch = base, transform, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        image, label = self.base[index]
+        s = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
+        torch.manual_seed(s)
+        random.seed(s)
+        return self.transform(image), label
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write a training checkpoint atomically (a killed writer leaves the previous file intact)."""
+    return atomic_torch_save(state, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a training checkpoint with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    state = load_pickle(path)
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"{path} is not a vitmsn training checkpoint")
+    return state
+
+
+# ------------------------------------------------------------------------------------------------ logs
+
+
+class MetricLogger:
+    """CSV (always) and TensorBoard (when installed and enabled) logs of scalar metrics."""
+
+    def __init__(self, out_dir: Path, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = out_dir / "log.csv"
+        self.tb = None
+        self._fields: list[str] | None = None
+        if not enabled:
+            return
+        if self.path.exists():
+            with open(self.path, newline="") as f:
+                self._fields = next(csv.reader(f), None)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+            except ImportError:
+                logger.info("tensorboard is not installed: writing log.csv only (pip install tensorboard)")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, "time": round(time.time(), 3), **metrics}
+        if self._fields is None:
+            self._fields = list(row)
+            with open(self.path, "w", newline="") as f:
+                csv.writer(f).writerow(self._fields)
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerow([row.get(k, "") for k in self._fields])
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, int | float) and math.isfinite(v):
+                    self.tb.add_scalar(k, v, step)
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop rows logged after the checkpoint's step (they will be logged again)."""
+        if not (self.enabled and self.path.exists()):
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows:
+            return
+        keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+        with open(self.path, "w", newline="") as f:
+            csv.writer(f).writerows(keep)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
