@@ -1,0 +1,373 @@
+"""ViTImageProcessor: parity with transformers' PIL backend, I/O format, errors, offline hub ids."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from vitmsn.hub import resolve_file
+from vitmsn.processing import (
+    AutoFeatureExtractor,
+    AutoImageProcessor,
+    BatchFeature,
+    ViTFeatureExtractor,
+    ViTImageProcessor,
+)
+
+transformers = pytest.importorskip("transformers")
+skdata = pytest.importorskip("skimage.data")
+try:  # transformers >= 5: the PIL backend has its own class
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil as RefProcessor
+except ImportError:  # transformers 4: the default (slow) processor is the PIL one
+    from transformers import ViTImageProcessor as RefProcessor
+
+TOL = 1e-6
+MSN = {"size": 224, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+CONFIGS = {"default": {}, "msn": MSN, "96x128": {"size": {"height": 96, "width": 128}}}
+
+
+@pytest.fixture(scope="module")
+def photos() -> dict[str, np.ndarray]:
+    return {"astronaut": skdata.astronaut(), "coffee": skdata.coffee(), "chelsea": skdata.chelsea()}
+
+
+def ours(images, cfg=None, **kwargs) -> np.ndarray:
+    return ViTImageProcessor(**(cfg or {}))(images, return_tensors="np", **kwargs)["pixel_values"]
+
+
+def ref(images, cfg=None, **kwargs) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return RefProcessor(**(cfg or {}))(images, return_tensors="np", **kwargs)["pixel_values"]
+
+
+def assert_same(a, b, what: str = "") -> None:
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape, what
+    assert np.abs(a - b).max() <= TOL, f"{what}: max |diff| {np.abs(a - b).max()}"
+
+
+def rgba_of(rgb: np.ndarray) -> np.ndarray:
+    h, w, _ = rgb.shape
+    alpha = np.broadcast_to((np.arange(w) * 255 // max(w - 1, 1)).astype(np.uint8), (h, w))[..., None]
+    return np.concatenate([rgb, alpha], axis=-1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parity with transformers (PIL backend)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cfg_name", list(CONFIGS))
+@pytest.mark.parametrize("photo", ["astronaut", "coffee", "chelsea"])
+def test_parity_photographs(photos, photo, cfg_name):
+    cfg, img = CONFIGS[cfg_name], photos[photo]
+    out = ours(img, cfg)
+    h, w = (96, 128) if cfg_name == "96x128" else (224, 224)
+    assert out.shape == (1, 3, h, w) and out.dtype == np.float32
+    assert_same(out, ref(img, cfg))
+    assert_same(ours(PIL.Image.fromarray(img), cfg), ref(PIL.Image.fromarray(img), cfg))
+
+
+@pytest.mark.parametrize("cfg_name", list(CONFIGS))
+def test_parity_input_kinds(photos, cfg_name):
+    cfg = CONFIGS[cfg_name]
+    che, cof = photos["chelsea"], photos["coffee"]
+    chw = np.ascontiguousarray(che.transpose(2, 0, 1))
+    cases = {
+        "chw uint8": (chw, chw),
+        "torch chw uint8": (torch.from_numpy(chw), torch.from_numpy(chw)),
+        "torch hwc uint8": (torch.from_numpy(che), torch.from_numpy(che)),
+        "int64 hwc": (che.astype(np.int64), che.astype(np.int64)),
+        "float integral 0..255": (che.astype(np.float32), che.astype(np.float32)),
+        "4-d batch": (np.stack([che, che[::-1]]), np.stack([che, che[::-1]])),
+    }
+    for name, (a, b) in cases.items():
+        assert_same(ours(a, cfg), ref(b, cfg), name)
+    # grayscale: 2-D arrays (transformers needs a PIL "L" image or HxWx1 with do_convert_rgb=True)
+    cam = skdata.camera()
+    assert_same(ours(cam, cfg), ref(PIL.Image.fromarray(cam), cfg, do_convert_rgb=True))
+    assert_same(ours(cam[..., None], cfg), ref(cam[..., None], cfg, do_convert_rgb=True))
+    assert_same(ours(PIL.Image.fromarray(cam), cfg), ref(PIL.Image.fromarray(cam), cfg, do_convert_rgb=True))
+    # RGBA, composited onto white
+    rgba = rgba_of(cof)
+    assert_same(ours(rgba, cfg), ref(rgba, cfg, do_convert_rgb=True))
+    pil_rgba = PIL.Image.fromarray(rgba)
+    assert_same(ours(pil_rgba, cfg), ref(pil_rgba, cfg, do_convert_rgb=True))
+
+
+@pytest.mark.parametrize("cfg_name", ["default", "msn"])
+def test_parity_float_inputs(photos, cfg_name):
+    """Floats in [0, 1]: transformers truncates to uint8 for PIL resizing and still applies rescale_factor."""
+    cfg = CONFIGS[cfg_name]
+    f32 = photos["astronaut"].astype(np.float32) / 255  # (H, W, 3)
+    f64_chw = np.random.default_rng(0).random((3, 61, 75))
+    t_chw = torch.from_numpy(photos["chelsea"]).permute(2, 0, 1).float() / 255
+    for img in (f32, f64_chw, t_chw):
+        with pytest.warns(UserWarning, match="do_rescale=False"):
+            out = ours(img, cfg)
+        assert_same(out, ref(img, cfg))
+        assert_same(ours(img, cfg, do_rescale=False), ref(img, cfg, do_rescale=False))
+    # the transformers behaviour we reproduce: already-scaled input ends up scaled twice
+    assert ours(f32, cfg, do_rescale=False).max() > 0.5
+    with pytest.warns(UserWarning):
+        assert ours(f32, {"image_mean": 0.0, "image_std": 1.0}).max() <= 1 / 255 + TOL
+
+
+def test_parity_mixed_batch(photos):
+    batch = [
+        photos["astronaut"],
+        PIL.Image.fromarray(photos["coffee"]),
+        torch.from_numpy(photos["chelsea"]).permute(2, 0, 1),
+    ]
+    for cfg in CONFIGS.values():
+        out = ViTImageProcessor(**cfg)(batch, return_tensors="pt")["pixel_values"]
+        assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and out.shape[:2] == (3, 3)
+        assert_same(out.numpy(), ref(batch, cfg))
+
+
+def test_parity_other_options(photos):
+    img = photos["coffee"]
+    for cfg, kwargs in [
+        ({"resample": PIL.Image.Resampling.BICUBIC}, {}),
+        ({"resample": 0, "size": (33, 57)}, {}),
+        ({}, {"do_resize": False}),
+        ({}, {"do_normalize": False}),
+        ({"size": {"shortest_edge": 100}}, {}),  # transformers 5: aspect-preserving, not square
+        ({"size": {"shortest_edge": 100, "longest_edge": 130}}, {}),
+    ]:
+        assert_same(ours(img, cfg, **kwargs), ref(img, cfg, **kwargs))
+    assert ours(img, {"size": {"shortest_edge": 100}}).shape == (1, 3, 100, 150)
+    # per-call overrides equal constructor arguments
+    assert_same(
+        ours(img, size=96, image_mean=MSN["image_mean"]),
+        ours(img, {"size": 96, "image_mean": MSN["image_mean"]}),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Output format
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_return_types_and_batch_feature(photos):
+    proc = ViTImageProcessor()
+    img = photos["chelsea"]
+    listed = proc([img, img])["pixel_values"]
+    assert isinstance(listed, list) and len(listed) == 2
+    assert listed[0].shape == (3, 224, 224) and listed[0].dtype == np.float32
+    assert isinstance(proc(img, return_tensors="np").pixel_values, np.ndarray)
+    inputs = proc(img, return_tensors="PT")
+    assert isinstance(inputs, BatchFeature) and isinstance(inputs, dict)
+    assert inputs.pixel_values is inputs["pixel_values"] and inputs.pixel_values.shape == (1, 3, 224, 224)
+    assert inputs.to("cpu") is inputs and inputs.to(torch.float16).pixel_values.dtype == torch.float16
+    with pytest.raises(AttributeError):
+        _ = inputs.input_ids
+
+    class Model(torch.nn.Module):
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            return pixel_values.mean(dim=(1, 2, 3))
+
+    assert Model()(**proc([img, img], return_tensors="pt")).shape == (2,)
+    with pytest.raises(ValueError, match="different output shapes"):
+        ViTImageProcessor(size={"shortest_edge": 50})([img, img.transpose(1, 0, 2)], return_tensors="pt")
+
+
+def test_torch_backend_is_close(photos):
+    imgs = [photos["astronaut"], photos["coffee"], np.ascontiguousarray(photos["coffee"][::-1])]
+    for cfg in (CONFIGS["default"], MSN):
+        pil = ours(imgs, cfg)
+        fast = ViTImageProcessor(**cfg, backend="torch")(imgs, return_tensors="np").pixel_values
+        assert fast.shape == pil.shape and fast.dtype == np.float32
+        one_level = 1 / 255 / min(np.atleast_1d(cfg.get("image_std", 0.5)))
+        assert np.abs(fast - pil).max() <= one_level + 1e-5
+        assert np.abs(fast - pil).mean() < 1e-3
+    fast_default = ViTImageProcessor(fast=True)
+    assert fast_default.backend == "torch" and "backend" not in fast_default.to_dict()
+    # It reproduces transformers' default (torchvision) backend on uint8 photographs.
+    pytest.importorskip("torchvision")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tv = transformers.ViTImageProcessor(**MSN)(imgs, return_tensors="np").pixel_values
+    ours_fast = ViTImageProcessor(**MSN, backend="torch")(imgs, return_tensors="np").pixel_values
+    assert np.abs(ours_fast - tv).max() <= 1e-5
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Serialization
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_load_transformers_saved(tmp_path, photos):
+    cfg = {**MSN, "size": 96, "resample": 3}
+    RefProcessor(**cfg, custom_key="kept").save_pretrained(tmp_path)
+    proc = ViTImageProcessor.from_pretrained(tmp_path)
+    assert proc.size == {"height": 96, "width": 96} and proc.resample == 3
+    assert proc.image_std == tuple(MSN["image_std"]) and proc.custom_key == "kept"
+    assert_same(proc(photos["coffee"], return_tensors="np").pixel_values, ref(photos["coffee"], cfg))
+    assert AutoImageProcessor.from_pretrained(tmp_path).to_dict() == proc.to_dict()
+    assert ViTImageProcessor.from_pretrained(tmp_path / "preprocessor_config.json").size["height"] == 96
+    assert ViTImageProcessor.from_pretrained(tmp_path, size=64, backend="torch").size == {
+        "height": 64,
+        "width": 64,
+    }
+
+
+def test_transformers_loads_ours(tmp_path, photos):
+    cfg = {
+        "size": {"height": 96, "width": 128},
+        "resample": PIL.Image.Resampling.BICUBIC,
+        **{k: MSN[k] for k in ("image_mean", "image_std")},
+    }
+    ViTImageProcessor(**cfg).save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert data["image_processor_type"] == "ViTImageProcessor"
+    assert data["size"] == {"height": 96, "width": 128} and data["resample"] == 3
+    assert data["rescale_factor"] == 1 / 255 and data["image_mean"] == MSN["image_mean"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = transformers.AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
+        expected = theirs(photos["chelsea"], return_tensors="np").pixel_values
+    assert_same(ours(photos["chelsea"], cfg), expected)
+
+
+def test_default_json_matches_transformers(tmp_path):
+    RefProcessor().save_pretrained(tmp_path / "theirs")
+    ViTImageProcessor().save_pretrained(tmp_path / "ours")
+    theirs = (tmp_path / "theirs" / "preprocessor_config.json").read_text()
+    assert (tmp_path / "ours" / "preprocessor_config.json").read_text() == theirs
+    text = repr(ViTImageProcessor())
+    assert text.startswith("ViTImageProcessor {") and '"resample": 2' in text
+
+
+def test_msn_style_config_with_int_size(tmp_path, photos):
+    """Published MSN checkpoints use the old feature-extractor format with ``"size": 224``."""
+    config = {
+        "do_normalize": True,
+        "do_resize": True,
+        "feature_extractor_type": "ViTFeatureExtractor",
+        "image_mean": MSN["image_mean"],
+        "image_std": MSN["image_std"],
+        "resample": 3,
+        "size": 224,
+    }
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    for loader in (AutoImageProcessor, AutoFeatureExtractor, ViTImageProcessor, ViTFeatureExtractor):
+        proc = loader.from_pretrained(tmp_path)
+        assert proc.size == {"height": 224, "width": 224} and proc.resample == 3
+    assert "feature_extractor_type" not in proc.to_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = transformers.AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
+        expected = theirs(photos["astronaut"], return_tensors="np").pixel_values
+    assert_same(proc(photos["astronaut"], return_tensors="np").pixel_values, expected)
+
+
+def test_auto_rejects_other_processors(tmp_path):
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps({"image_processor_type": "CLIPImageProcessor"})
+    )
+    with pytest.raises(ValueError, match="CLIPImageProcessor"):
+        AutoImageProcessor.from_pretrained(tmp_path)
+    with pytest.raises(OSError):
+        AutoImageProcessor()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("images", "match"),
+    [
+        ("cat.png", "Unsupported image type str"),
+        (3.0, "Unsupported image type float"),
+        ([], "empty list"),
+        ([np.zeros((8, 8, 3), np.uint8), None], "Unsupported image type NoneType"),
+        (np.zeros(5), "dimensions"),
+        (np.zeros((1, 1, 3, 8, 8)), "dimensions"),
+        (np.zeros((8, 9, 5), np.uint8), "channel axis of size 1, 3 or 4"),
+        (np.zeros((2, 8, 9), np.uint8), "channel axis of size 1, 3 or 4"),
+        (np.full((8, 8, 3), 3.5), r"\[0, 1\]"),
+        (np.full((8, 8, 3), 300), r"\[0, 255\]"),
+        (np.full((8, 8, 4), 2.5), r"\[0, 1\]"),
+    ],
+)
+def test_bad_inputs(images, match):
+    with pytest.raises(ValueError, match=match):
+        ViTImageProcessor()(images)
+
+
+def test_bad_arguments(photos):
+    proc = ViTImageProcessor()
+    with pytest.raises(ValueError, match="return_tensors"):
+        proc(photos["coffee"], return_tensors="tf")
+    with pytest.raises(TypeError, match="bogus"):
+        proc(photos["coffee"], bogus=1)
+    with pytest.raises(ValueError, match="size"):
+        ViTImageProcessor(size={"width": 3})
+    with pytest.raises(ValueError, match="resample"):
+        ViTImageProcessor(resample=42)
+    with pytest.raises(ValueError, match="backend"):
+        ViTImageProcessor(backend="jax")
+    with pytest.raises(ValueError, match="LANCZOS"):
+        ViTImageProcessor(resample=PIL.Image.Resampling.LANCZOS, backend="torch")
+    with pytest.raises(ValueError, match="do_center_crop"):
+        ViTImageProcessor(do_center_crop=True)
+    with pytest.raises(ValueError, match="image_mean has 3 values but the image has 4 channels"):
+        proc(rgba_of(photos["coffee"]), do_convert_rgb=False)
+
+
+def test_unknown_kwargs_kept():
+    proc = ViTImageProcessor(crop_size={"height": 1, "width": 1}, foo=[1, 2])
+    assert proc.foo == [1, 2] and proc.to_dict()["foo"] == [1, 2]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hub ids
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    return tmp_path / "hf_home" / "hub"
+
+
+def test_offline_hub_id_error(offline):
+    for loader in (ViTImageProcessor, AutoImageProcessor):
+        with pytest.raises(OSError) as info:
+            loader.from_pretrained("someone/missing-model")
+        assert "someone/missing-model" in str(info.value) and "local directory" in str(info.value)
+
+
+def test_hub_id_from_cache(offline):
+    """Offline, a Hub id resolves through huggingface_hub's cache layout (what a download leaves behind)."""
+    commit = "c" * 40
+    repo = offline / "models--someone--tiny-vit"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    ViTImageProcessor(size=32).save_pretrained(repo / "snapshots" / commit)
+    assert ViTImageProcessor.from_pretrained("someone/tiny-vit").size == {"height": 32, "width": 32}
+    # optional files of a cached repo: None with missing_ok, an error otherwise
+    assert resolve_file("someone/tiny-vit", "model.safetensors", missing_ok=True) is None
+    with pytest.raises(OSError, match="local directory"):
+        resolve_file("someone/tiny-vit", "model.safetensors")
+
+
+def test_resolve_file_local(tmp_path):
+    (tmp_path / "a.json").write_text("{}")
+    assert resolve_file(tmp_path, "a.json") == tmp_path / "a.json"
+    assert resolve_file(tmp_path, "b.json", missing_ok=True) is None
+    with pytest.raises(FileNotFoundError, match="b.json"):
+        resolve_file(tmp_path, "b.json")
+    with pytest.raises(OSError, match="neither an existing local directory"):
+        resolve_file(str(tmp_path / "no" / "such" / "dir"), "a.json")
