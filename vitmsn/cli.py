@@ -7,6 +7,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -147,13 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--which", choices=("target", "online"), default="target",
                     help="the EMA target encoder (default, as the paper evaluates) or the online encoder")
 
-    for register in _EXTENSIONS:
-        register(sub, add)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(add)
     return p
 
 
-# subcommands defined next to the code they call register themselves here
-_EXTENSIONS: list[Callable] = []
+# Modules that define more subcommands next to the code they call: each has ``register(add)``, where
+# ``add(name, function, help, description=None)`` returns the subcommand's argparse parser.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def main(argv: list[str] | None = None) -> int:
