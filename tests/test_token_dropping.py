@@ -1,0 +1,72 @@
+"""MSN's random masking drops tokens: the backbone computes only the kept ones, and nothing else changes."""
+
+from __future__ import annotations
+
+import torch
+
+from tests.conftest import TINY
+from vitmsn.config import ViTMSNConfig
+from vitmsn.models.layers import interpolate_pos_embed
+from vitmsn.models.vit import VisionTransformer
+from vitmsn.msn.masking import random_keep_indices
+
+
+def backbone() -> VisionTransformer:
+    torch.manual_seed(0)
+    m = VisionTransformer(ViTMSNConfig(**TINY)).eval()
+    m.init_backbone_weights(zero_embeddings=False)
+    return m
+
+
+def reference(m: VisionTransformer, x: torch.Tensor, keep: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """By hand: patchify, add position embeddings, gather the kept tokens, run the blocks, norm."""
+    tokens = m.patch_embed.proj(x).flatten(2).transpose(1, 2) + pos[:, 1:]  # (B, P, D)
+    kept = torch.stack([tokens[b, keep[b]] for b in range(len(x))])  # (B, K, D)
+    h = torch.cat([(m.cls_token + pos[:, :1]).expand(len(x), -1, -1), kept], dim=1)
+    for blk in m.blocks:
+        h = h + blk.attn(blk.norm1(h))[0]
+        h = h + blk.mlp(blk.norm2(h))
+    return m.norm(h)
+
+
+def test_keep_idx_equals_blocks_on_gathered_tokens():
+    m = backbone()
+    x = torch.randn(3, 3, 32, 32)
+    for per_sample in (False, True):
+        keep = random_keep_indices(3, 16, 0.5, per_sample=per_sample, generator=torch.Generator().manual_seed(1))
+        assert keep.shape == (3, 8)
+        with torch.no_grad():
+            ours = m.forward_features(x, keep_idx=keep).tokens
+        assert ours.shape == (3, 1 + 8, TINY["hidden_size"])
+        torch.testing.assert_close(ours, reference(m, x, keep, m.pos_embed), atol=1e-6, rtol=0)
+
+
+def test_keeping_all_tokens_is_the_plain_forward():
+    m = backbone()
+    x = torch.randn(2, 3, 32, 32)
+    keep = torch.arange(16).expand(2, -1)
+    with torch.no_grad():
+        torch.testing.assert_close(m.forward_features(x, keep_idx=keep).tokens, m.forward_features(x).tokens)
+
+
+def test_focal_views_use_interpolated_position_embeddings():
+    m = backbone()
+    x = torch.randn(2, 3, 16, 16)  # a focal crop: a 2 x 2 grid instead of 4 x 4
+    pos = interpolate_pos_embed(m.pos_embed, (4, 4), (2, 2))
+    assert pos.shape == (1, 1 + 4, TINY["hidden_size"])
+    with torch.no_grad():
+        ours = m.forward_features(x, interpolate_pos_encoding=True).tokens
+        torch.testing.assert_close(ours, reference(m, x, torch.arange(4).expand(2, -1), pos), atol=1e-6, rtol=0)
+
+
+def test_dropped_tokens_get_no_gradient_and_cost_less():
+    """Gradients flow only through kept patches: a dropped patch's pixels do not affect the output."""
+    m = backbone()
+    x = torch.randn(1, 3, 32, 32, requires_grad=True)
+    keep = torch.tensor([[0, 5, 10, 15]])
+    m.forward_features(x, keep_idx=keep).tokens.sum().backward()
+    grad = x.grad.abs().reshape(3, 4, 8, 4, 8).sum(dim=(0, 2, 4)).flatten()  # per patch
+    assert (grad[keep[0]] > 0).all()
+    dropped = torch.ones(16, dtype=torch.bool)
+    dropped[keep[0]] = False
+    assert (grad[dropped] == 0).all()
