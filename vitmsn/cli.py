@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Modules that define more subcommands next to the code they call: each has ``register(add)``, where
 # ``add(name, function, help, description=None)`` returns the subcommand's argparse parser.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("vitmsn.eval.quickstart",)
 
 
 def main(argv: list[str] | None = None) -> int:
