@@ -164,8 +164,11 @@ def mask_for_step(cfg: PretrainConfig, step: int, global_batch: int, num_patches
 
 
 def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = None, device: str | None = None,
-             progress: bool = True) -> Path:
-    """Pretrain with MSN; returns the run folder (config.json, log.csv, checkpoints/)."""
+             progress: bool = True, dataset: Dataset | None = None) -> Path:
+    """Pretrain with MSN; returns the run folder (config.json, log.csv, checkpoints/).
+
+    ``dataset`` (optional) yields (PIL image, anything) pairs and replaces ``cfg.dataset`` / ``cfg.data``.
+    """
     dev = dist.init_from_env(device)
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
@@ -181,7 +184,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
     b = cfg.batch_size // W
 
     # -- data: the order depends on (seed, epoch), each augmentation on (seed, epoch, index)
-    images = build_dataset(cfg)
+    images = dataset if dataset is not None else build_dataset(cfg)
     dataset = SeededTransform(images, build_views(cfg), seed=cfg.seed)
     sampler = GlobalBatchSampler(len(dataset), b, seed=cfg.seed, rank=dist.rank(), world_size=W)
     loader = DataLoader(dataset, batch_size=b, sampler=sampler, num_workers=cfg.num_workers, drop_last=True,

@@ -1,0 +1,229 @@
+"""MSN pretraining: DDP equals one process, a killed run resumes exactly, export loads in transformers."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from PIL import Image
+
+from vitmsn.msn.config import PretrainConfig, preset
+from vitmsn.training import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Shapes(torch.utils.data.Dataset):
+    """Small synthetic RGB images: a bright square on a dark background, at a random place and size."""
+
+    def __init__(self, n: int = 32, size: int = 32, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.images = []
+        for _ in range(n):
+            img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+            s = int(rng.integers(6, 16))
+            y, x = rng.integers(0, size - s, 2)
+            img[y: y + s, x: x + s] = rng.integers(150, 255, 3, dtype=np.uint8)
+            self.images.append(Image.fromarray(img))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i], 0
+
+
+def tiny_config(out: Path, **kw) -> PretrainConfig:
+    base = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, patch_size=8,
+                rand_size=32, focal_size=16, focal_views=2, head_hidden_dim=32, head_output_dim=16,
+                num_prototypes=10, batch_size=8, epochs=2, warmup_epochs=1, num_workers=0, out=str(out),
+                tensorboard=False, log_every=1, patch_drop=0.25, mean=(0.5,) * 3, std=(0.5,) * 3)
+    return PretrainConfig(**{**base, **kw})
+
+
+# ---------------------------------------------------------------------------------------------------- DDP
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str, kw: dict) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from vitmsn.msn.train import pretrain
+
+    try:
+        pretrain(tiny_config(Path(out), **kw), device="cpu", progress=False, dataset=Shapes())
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("kw", [{"use_sinkhorn": True}, {"use_sinkhorn": False, "mask_per_sample": True}])
+def test_ddp_two_processes_equal_one(tmp_path, kw):
+    """2 gloo processes with half the batch each = 1 process with the whole batch: loss and weights."""
+    from vitmsn.msn.train import pretrain
+
+    kw = {**kw, "max_steps": 3}
+    torch.set_num_threads(1)
+    pretrain(tiny_config(tmp_path / "one", **kw), device="cpu", progress=False, dataset=Shapes())
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path / "two"), kw), nprocs=2,
+                       start_method="spawn")
+    one = load_checkpoint(tmp_path / "one" / "checkpoints" / "latest.pt")
+    two = load_checkpoint(tmp_path / "two" / "checkpoints" / "latest.pt")
+    assert one["step"] == two["step"] == 3
+    for part in ("online", "target"):
+        for k, v in one[part].items():
+            w = two[part][k.replace("module.", "")]
+            if v.is_floating_point():
+                torch.testing.assert_close(w, v, atol=1e-5, rtol=0, msg=f"{part}.{k}")
+    torch.testing.assert_close(two["prototypes"], one["prototypes"], atol=1e-5, rtol=0)
+    loss = [np.loadtxt(tmp_path / r / "log.csv", delimiter=",", skiprows=1, usecols=3) for r in ("one", "two")]
+    np.testing.assert_allclose(loss[1], loss[0], atol=1e-5)
+    # and the weights did change
+    assert (one["online"]["encoder.blocks.0.attn.qkv.weight"] != one["target"]["encoder.blocks.0.attn.qkv.weight"]).any()
+
+
+# ------------------------------------------------------------------------------------------------- resume
+
+
+def write_idx(folder: Path, n: int = 48, seed: int = 0) -> Path:
+    """Fashion-MNIST-format IDX files with n random 28x28 images (train and test)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix in ("train", "t10k"):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(np.array([0x803, n, 28, 28], dtype=">i4").tobytes() + images.tobytes())
+        with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(np.array([0x801, n], dtype=">i4").tobytes() + labels.tobytes())
+    return folder
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vitmsn", *args]
+
+
+SMALL = ["--set", "hidden_size=32", "--set", "num_hidden_layers=2", "--set", "num_attention_heads=4",
+         "--set", "intermediate_size=64", "--set", "head_hidden_dim=32", "--set", "head_output_dim=16",
+         "--set", "num_prototypes=10", "--set", "batch_size=8", "--set", "num_workers=0", "--set", "focal_views=2",
+         "--set", "tensorboard=false", "--set", "checkpoint_every_steps=1", "--set", "log_every=1",
+         "--epochs", "3", "--no-progress"]
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    data = write_idx(tmp_path / "fm")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full = subprocess.run(cli("pretrain", "--preset", "fashion-mnist", "--data", str(data), "--out",
+                              str(tmp_path / "full"), *SMALL), env=env, capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    run = tmp_path / "killed"
+    p = subprocess.Popen(cli("pretrain", "--preset", "fashion-mnist", "--data", str(data), "--out", str(run),
+                             *SMALL), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = run / "checkpoints" / "latest.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill it mid-epoch (6 steps per epoch, 18 in all)
+        if latest.exists() and load_checkpoint(latest)["step"] >= 4:
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    killed_at = load_checkpoint(latest)["step"]
+    assert 4 <= killed_at < 18, killed_at
+    resumed = subprocess.run(cli("pretrain", "--resume", "--out", str(run), "--no-progress"), env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "latest.pt")
+    b = load_checkpoint(latest)
+    assert a["step"] == b["step"] == 18
+    for part in ("online", "target"):
+        for k, v in a[part].items():
+            assert torch.equal(v, b[part][k]), f"{part}.{k} differs after resume"
+    assert torch.equal(a["prototypes"], b["prototypes"])
+    steps = np.loadtxt(run / "log.csv", delimiter=",", skiprows=1, usecols=0)
+    assert list(steps) == list(range(1, 19))  # the log has every step once
+
+    # -- export the target encoder and load it with transformers
+    out = tmp_path / "model"
+    r = subprocess.run(cli("export", str(run), str(out)), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    transformers = pytest.importorskip("transformers")
+    ref = transformers.ViTMSNModel.from_pretrained(out).eval()
+    from vitmsn import ViTMSNModel
+
+    ours = ViTMSNModel.from_pretrained(out)
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).last_hidden_state, ref(x).last_hidden_state, atol=1e-5, rtol=0)
+    enc = {k.removeprefix("encoder."): v for k, v in b["target"].items() if k.startswith("encoder.")}
+    torch.testing.assert_close(ours.state_dict()["blocks.1.mlp.fc2.weight"], enc["blocks.1.mlp.fc2.weight"])
+    proc = json.loads((out / "preprocessor_config.json").read_text())
+    assert proc["size"] == {"height": 28, "width": 28}
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    from vitmsn.msn.train import pretrain
+
+    cfg = tiny_config(tmp_path / "r", max_steps=1)
+    pretrain(cfg, device="cpu", progress=False, dataset=Shapes())
+    with pytest.raises(FileExistsError, match="--resume"):
+        pretrain(cfg, device="cpu", progress=False, dataset=Shapes())
+    changed = tiny_config(tmp_path / "r", max_steps=2, lr=0.5)
+    with pytest.raises(ValueError, match=r"lr \(run: 0.001, now: 0.5\)"):
+        pretrain(changed, resume=True, device="cpu", progress=False, dataset=Shapes())
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path):
+    from vitmsn.msn.train import pretrain
+    from vitmsn.training import NonFiniteLossError
+
+    class Bad(Shapes):
+        def __getitem__(self, i):
+            return Image.fromarray(np.full((32, 32, 3), 255, np.uint8)), 0
+
+    cfg = tiny_config(tmp_path / "nan", max_steps=3, mean=(0.0,) * 3, std=(1e-30,) * 3)  # inf pixels
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
+        pretrain(cfg, device="cpu", progress=False, dataset=Bad())
+
+
+@pytest.mark.parametrize("name", ["vit-small/16", "vit-base/16", "vit-large/16", "vit-base/4", "vit-large/7",
+                                  "fashion-mnist"])
+def test_presets_build_and_train_one_step(name):
+    """Every preset: a forward and backward pass of its networks gives every parameter a gradient."""
+    from vitmsn.models.heads import Prototypes
+    from vitmsn.msn.losses import MSNLoss
+    from vitmsn.msn.model import MSNNetwork
+
+    cfg = preset(name)
+    small = cfg.with_overrides({"num_hidden_layers": 1}) if cfg.hidden_size > 128 else cfg
+    net = MSNNetwork(small.encoder_config(), small.head_hidden_dim, small.head_output_dim)
+    protos = Prototypes(small.num_prototypes, small.head_output_dim)
+    rand = torch.randn(2, 3, small.rand_size, small.rand_size)
+    focal = torch.randn(2 * small.focal_views, 3, small.focal_size, small.focal_size)
+    keep = torch.arange(small.encoder_config().num_patches)[None, :8].expand(2, -1)
+    z = net(rand, focal, keep_idx=keep)
+    with torch.no_grad():
+        t = net(rand)
+    out = MSNLoss(1 + small.focal_views)(z, t, protos.weight)
+    out.loss.backward()
+    missing = [n for n, p in [*net.named_parameters(), ("prototypes", protos.weight)] if p.grad is None]
+    assert not missing, missing
