@@ -114,12 +114,16 @@ _EMBED_KEYS: dict[str, str] = {
 }
 # heads sit beside the backbone; they may be missing or left over when loading across classes
 HEAD_PREFIXES = ("pooler.", "classifier.", "decoder.", "mask_token")
+_INTERNAL_TOP = frozenset(_EMBED_KEYS.values())
+_INTERNAL_BLOCK_RE = re.compile(r"^blocks\.\d+\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)$")
 _BLOCK_RE = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$")
 _QKV = ("q", "k", "v")
 
 
 def hf_to_internal(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str], bool]:
     """transformers keys (any layout, any ``vit.`` / ``module.`` prefix) -> our backbone-relative keys.
+
+    Keys that are already ours (the names timm and the original MSN code use too) pass through.
 
     Returns (state dict, keys that match no known name, whether the file had a ``vit.`` prefix).
     Head keys come back as ``pooler.*``, ``classifier.*``, ``decoder.*``.
@@ -134,6 +138,8 @@ def hf_to_internal(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch
             k, prefixed = k[4:], True
         if k in _EMBED_KEYS:
             out[_EMBED_KEYS[k]] = tensor
+        elif k in _INTERNAL_TOP or _INTERNAL_BLOCK_RE.match(k):  # already our (and timm's) names
+            out[k] = tensor
         elif k.startswith(("pooler.dense.", "classifier.", "decoder.0.")):
             out[k] = tensor
         elif m := _BLOCK_RE.match(k):

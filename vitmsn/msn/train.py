@@ -120,11 +120,14 @@ def build_state(cfg: PretrainConfig, device: torch.device, init: str | None = No
 
 def _load_init(online: MSNNetwork, prototypes: Prototypes, init: str) -> None:
     """Start from released weights: an HF-format ViT-MSN directory, with the head and prototypes if kept."""
-    from vitmsn.checkpoints import load_state_dict_into
     from vitmsn.models.hf import ViTMSNModel
 
     encoder = ViTMSNModel.from_pretrained(init)
-    load_state_dict_into(online.encoder, {k: v for k, v in encoder.state_dict().items()}, source=init)
+    if encoder.config.hidden_size != online.encoder.config.hidden_size or \
+            len(encoder.blocks) != len(online.encoder.blocks) or encoder.patch_size != online.encoder.patch_size:
+        raise ValueError(f"{init} holds a ViT of another shape than the config asks for; set hidden_size, "
+                         "num_hidden_layers, num_attention_heads, intermediate_size and patch_size to match")
+    online.encoder.load_state_dict(encoder.state_dict(), strict=True)
     head_file = Path(init) / "msn_head.safetensors"
     if head_file.exists():
         from vitmsn.convert import load_msn_head
