@@ -76,6 +76,13 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, kw: dict) -> None:
             dist.destroy_process_group()
 
 
+# A bias followed by BatchNorm has a gradient of exactly zero (BatchNorm removes any constant shift), so
+# AdamW turns its rounding noise into updates of +-lr; these tensors (and the BatchNorm running means that
+# follow them) are not comparable between two ways of summing the same numbers.
+ZERO_GRADIENT = {"encoder.norm.bias", "head.fc.fc1.bias", "head.fc.fc2.bias", "head.fc.bn1.running_mean",
+                 "head.fc.bn2.running_mean"}
+
+
 @pytest.mark.parametrize("kw", [{"use_sinkhorn": True}, {"use_sinkhorn": False, "mask_per_sample": True}])
 def test_ddp_two_processes_equal_one(tmp_path, kw):
     """2 gloo processes with half the batch each = 1 process with the whole batch: loss and weights."""
@@ -91,13 +98,22 @@ def test_ddp_two_processes_equal_one(tmp_path, kw):
     assert one["step"] == two["step"] == 3
     for part in ("online", "target"):
         for k, v in one[part].items():
-            w = two[part][k.replace("module.", "")]
-            if v.is_floating_point():
-                torch.testing.assert_close(w, v, atol=1e-5, rtol=0, msg=f"{part}.{k}")
+            if k in ZERO_GRADIENT:
+                continue
+            w = two[part][k]
+            if k.endswith("attn.qkv.bias"):  # the key bias has no gradient either (softmax ignores it)
+                v, w = v.view(3, -1)[[0, 2]], w.view(3, -1)[[0, 2]]
+            diff = (w - v).abs()
+            # AdamW divides by sqrt(v): rounding noise in a near-zero gradient element still moves it a
+            # little, so a rare element may exceed 1e-5 (seen: 1 of 3072 at 1.5e-5, against updates of 2e-3)
+            assert diff.max() <= 1e-4 and (diff > 1e-5).float().mean() <= 1e-3, (part, k, diff.max())
     torch.testing.assert_close(two["prototypes"], one["prototypes"], atol=1e-5, rtol=0)
     loss = [np.loadtxt(tmp_path / r / "log.csv", delimiter=",", skiprows=1, usecols=3) for r in ("one", "two")]
-    np.testing.assert_allclose(loss[1], loss[0], atol=1e-5)
-    # and the weights did change
+    np.testing.assert_allclose(loss[1][0], loss[0][0], atol=1e-5, rtol=0)  # the first step: same weights
+    np.testing.assert_allclose(loss[1], loss[0], atol=1e-5, rtol=1e-5)
+    # and the weights did change, the excluded ones by little
+    for k in ZERO_GRADIENT:
+        torch.testing.assert_close(two["online"][k], one["online"][k], atol=1e-2, rtol=0)
     assert (one["online"]["encoder.blocks.0.attn.qkv.weight"] != one["target"]["encoder.blocks.0.attn.qkv.weight"]).any()
 
 

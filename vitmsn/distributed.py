@@ -73,11 +73,15 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and is_initialized() and world_size() > 1):
             return super().forward(x)
+        import warnings
+
         import torch.distributed.nn.functional as dnn
 
         # x: (n, C) local rows; stats: (2C + 1,) = [sum x, sum x^2, n], summed over processes
         stats = torch.cat([x.sum(0), (x * x).sum(0), x.new_tensor([x.shape[0]])])
-        stats = dnn.all_reduce(stats)
+        with warnings.catch_warnings():  # deprecated for functional collectives, which lack gloo autograd
+            warnings.simplefilter("ignore", FutureWarning)
+            stats = dnn.all_reduce(stats)
         C = x.shape[1]
         n = stats[-1]
         mean = stats[:C] / n

@@ -26,7 +26,7 @@ def load_backbone(path_or_id: str | os.PathLike, device: str | torch.device = "c
                   dtype: torch.dtype | None = None) -> tuple[VisionTransformer, Any]:
     """The encoder of any vitmsn/transformers ViT checkpoint (heads dropped) and its image processor."""
     from vitmsn.checkpoints import load_config_dict
-    from vitmsn.models.hf import ViTMSNModel, ViTModel
+    from vitmsn.models.hf import ViTModel, ViTMSNModel
     from vitmsn.processing import AutoImageProcessor, ViTImageProcessor
 
     model_type = load_config_dict(path_or_id).get("model_type")

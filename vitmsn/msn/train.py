@@ -262,8 +262,10 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
                 # -- logs, progress, checkpoints
                 seen += rand.shape[0] // cfg.rand_views * W
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
-                metrics = {"epoch": epoch, "loss": loss.item(), "ce": out_loss.ce.item(),
-                           "me_max": out_loss.me_max.item(), "entropy": out_loss.entropy.item(),
+                # loss terms of the global batch (each process computed those of its share)
+                terms = dist.all_reduce_mean_(torch.stack([loss, out_loss.ce, out_loss.entropy]).detach())
+                metrics = {"epoch": epoch, "loss": terms[0].item(), "ce": terms[1].item(),
+                           "me_max": out_loss.me_max.item(), "entropy": terms[2].item(),
                            "num_targets": out_loss.num_unique_targets, "max_target": out_loss.max_target.item(),
                            "lr": lr, "wd": wd, "momentum": momentum, "grad_norm": float(grad_norm),
                            "images_per_s": rate}
