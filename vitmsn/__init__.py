@@ -5,6 +5,7 @@ The public names match transformers', so that ``from vitmsn import ViTMSNModel``
 """
 
 from vitmsn.config import ViTConfig, ViTMSNConfig
+from vitmsn.convert import to_timm
 from vitmsn.models.hf import (
     BaseModelOutput,
     BaseModelOutputWithPooling,
@@ -31,4 +32,5 @@ __all__ = [
     "ViTMSNForImageClassification",
     "ViTMSNModel",
     "ViTModel",
+    "to_timm",
 ]

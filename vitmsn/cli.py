@@ -23,6 +23,8 @@ EPILOG = """examples:
   vitmsn lowshot --model my-model --data fashion-mnist --shots 1,2,5,10
   vitmsn predict --model my-classifier cat.jpg
   vitmsn info --model my-model
+  vitmsn convert msn vits16_800ep.pth.tar vit-msn-small   # an original MSN checkpoint -> transformers format
+  vitmsn export-onnx --model my-model --out model.onnx
 
 Models are directories in transformers' format or Hub ids (downloaded when online)."""
 
@@ -155,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Modules that define more subcommands next to the code they call: each has ``register(add)``, where
 # ``add(name, function, help, description=None)`` returns the subcommand's argparse parser.
-COMMAND_MODULES: tuple[str, ...] = ("vitmsn.eval.quickstart",)
+COMMAND_MODULES: tuple[str, ...] = ("vitmsn.eval.quickstart", "vitmsn.convert")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -175,6 +175,14 @@ class PreTrainedModel(nn.Module):
 
         return save_pretrained(self, save_directory, safe_serialization=safe_serialization)
 
+    @classmethod
+    def from_timm(cls, state_dict_or_model: dict[str, torch.Tensor] | nn.Module, config: ViTConfig | None = None,
+                  **kwargs: Any):
+        """This class from a timm ViT or its state dict; see :func:`vitmsn.convert.from_timm`."""
+        from vitmsn.convert import from_timm
+
+        return from_timm(state_dict_or_model, config, model_class=cls, **kwargs)
+
     # -- shared forward helpers
     def _flags(self, output_attentions: bool | None, output_hidden_states: bool | None,
                return_dict: bool | None) -> tuple[bool, bool, bool]:
