@@ -5,7 +5,11 @@ Shapes in comments: B batch, N tokens (1 CLS + patches), D hidden size, H heads,
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import weakref
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +34,136 @@ def activation(name: str) -> nn.Module:
 class _QuickGELU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
+
+
+# --------------------------------------------------------------------------- the linear layers' fast path
+#
+# In CPU inference every ``nn.Linear`` of a block runs as one oneDNN matmul whose epilogue adds the bias
+# (and applies the MLP's GELU) while the output tile is still in cache. ``F.linear`` instead copies the
+# broadcast bias into the output, then lets MKL's sgemm accumulate into it, then GELU reads and writes the
+# (B, N, 4D) activation once more. The weights are reordered once into oneDNN's blocked layout and kept
+# beside the model (:class:`_PackedWeights`), and a block sees at most ~1024 tokens at a time (whole
+# images; see ``Block.forward``) so that the (tokens, 4D) MLP activation stays in cache. Same fp32
+# arithmetic, another summation order: outputs differ from ``F.linear`` by a few ulp (~1e-6 on ViT-B).
+# bench/ab.py measures each part against the alternatives; docs/BENCHMARKS.md has the numbers.
+#
+# oneDNN's op has no autograd formula, so it is used only when no gradient is needed (``torch.no_grad`` /
+# ``torch.inference_mode``, or no input requiring grad), for fp32 CPU tensors, outside autocast and
+# torch.compile / tracing (which do their own fusions). Anything else takes ``F.linear``.
+
+try:
+    _LINEAR_POINTWISE = torch.ops.mkldnn._linear_pointwise.default
+    _REORDER_WEIGHT = torch.ops.mkldnn._reorder_linear_weight.default
+except (AttributeError, RuntimeError):  # a build of torch without oneDNN
+    _LINEAR_POINTWISE = _REORDER_WEIGHT = None
+
+#: tokens a block processes at once in CPU inference (whole images: at least one image per chunk)
+CHUNK_TOKENS = 1024
+
+
+class _PackedWeights:
+    """oneDNN's blocked copy of each weight used in CPU inference, made on first use.
+
+    Kept here rather than on the module because such tensors can be neither deep-copied nor saved. An entry
+    is remade when the weight changes (in-place update, ``.to()``) and dropped when the weight is freed.
+    Costs one more copy of the weights in memory; ``release_packed_weights()`` frees them all.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[weakref.ref, int, int, torch.Tensor]] = {}
+
+    def get(self, w: torch.Tensor) -> torch.Tensor:
+        try:
+            version = w._version
+        except RuntimeError:  # an inference tensor has no version counter: no way to see it change
+            return w
+        entry = self._cache.get(id(w))
+        if entry is not None and entry[0]() is w and entry[1] == version and entry[2] == w.data_ptr():
+            return entry[3]
+        if entry is None or entry[0]() is not w:
+            weakref.finalize(w, self._cache.pop, id(w), None)
+        packed = _REORDER_WEIGHT(w.detach(), CHUNK_TOKENS)
+        self._cache[id(w)] = (weakref.ref(w), version, w.data_ptr(), packed)
+        return packed
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+
+_PACKED = _PackedWeights()
+
+
+def release_packed_weights() -> None:
+    """Free the oneDNN copies of the weights (they are made again on the next CPU inference)."""
+    _PACKED.clear()
+
+_FAST_CPU = os.environ.get("VITMSN_FAST_CPU", "1") != "0"
+
+# torch >= 2.4 / 2.3 names, with the older ones as fallbacks
+if hasattr(torch, "get_autocast_dtype"):
+    def _cpu_autocast() -> bool:
+        return torch.is_autocast_enabled("cpu")
+else:  # pragma: no cover
+    def _cpu_autocast() -> bool:
+        return torch.is_autocast_cpu_enabled()
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
+
+
+def set_fast_cpu_inference(enabled: bool) -> bool:
+    """Turn the oneDNN path of CPU inference on or off (env ``VITMSN_FAST_CPU=0`` starts with it off).
+
+    Returns the previous setting.
+    """
+    global _FAST_CPU
+    previous, _FAST_CPU = _FAST_CPU, bool(enabled)
+    return previous
+
+
+@contextlib.contextmanager
+def fast_cpu_inference(enabled: bool) -> Iterator[None]:
+    """``with fast_cpu_inference(False): ...`` runs the block with the plain ``F.linear`` path."""
+    previous = set_fast_cpu_inference(enabled)
+    try:
+        yield
+    finally:
+        set_fast_cpu_inference(previous)
+
+
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (
+        _FAST_CPU
+        and _LINEAR_POINTWISE is not None
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not _cpu_autocast()
+        and not _is_compiling()
+        and not torch.jit.is_tracing()
+    )
+
+
+def _onednn_activation(act: nn.Module | None) -> tuple[str, str] | None:
+    """The oneDNN post-op (name, algorithm) computing ``act`` exactly, or None if it has none."""
+    if act is None:
+        return "none", ""
+    if type(act) is nn.GELU:
+        return "gelu", act.approximate  # "none": exact erf form; "tanh"
+    if type(act) is nn.ReLU:
+        return "relu", ""
+    return None
+
+
+def linear(x: torch.Tensor, layer: nn.Linear, act: nn.Module | None = None) -> torch.Tensor:
+    """``act(layer(x))`` (x: (..., in) -> (..., out)); in CPU inference one fused oneDNN call."""
+    if _use_onednn(x, layer.weight):
+        w = _PACKED.get(layer.weight)
+        post = _onednn_activation(act)
+        if post is not None:
+            return _LINEAR_POINTWISE(x, w, layer.bias, post[0], [], post[1])
+        return act(_LINEAR_POINTWISE(x, w, layer.bias, "none", [], ""))
+    y = F.linear(x, layer.weight, layer.bias)
+    return y if act is None else act(y)
 
 
 class PatchEmbed(nn.Module):
@@ -75,7 +209,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, head_mask: torch.Tensor | None = None,
                 need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, N, D = x.shape
-        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = linear(x, self.qkv).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
         drop = self.attn_drop if self.training else 0.0
         weights = None
@@ -88,8 +222,8 @@ class Attention(nn.Module):
             out = weights @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, H, N, hd)
-        out = out.transpose(1, 2).reshape(B, N, D)
-        return self.proj(out), (weights if need_weights else None)
+        out = out.transpose(1, 2).reshape(B, N, D)  # a view for SDPA's output, which is (B, N, H, hd) in memory
+        return linear(out, self.proj), (weights if need_weights else None)
 
 
 class Mlp(nn.Module):
@@ -100,7 +234,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        # x: (B, N, D) -> (B, N, hidden) -> (B, N, D); the activation is fused into fc1 in CPU inference
+        return linear(linear(x, self.fc1, self.act), self.fc2)
 
 
 class Block(nn.Module):
@@ -118,6 +253,16 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, head_mask: torch.Tensor | None = None,
                 need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         # x: (B, N, D)
+        B, N, _ = x.shape
+        if B * N > CHUNK_TOKENS and B > 1 and head_mask is None and not need_weights and _use_onednn(
+                x, self.mlp.fc1.weight):
+            # CPU inference on many tokens: whole images at a time, so that every activation stays in cache
+            per = max(1, CHUNK_TOKENS // N)
+            return torch.cat([self._forward(chunk)[0] for chunk in x.split(per)]), None  # (B, N, D)
+        return self._forward(x, head_mask, need_weights)
+
+    def _forward(self, x: torch.Tensor, head_mask: torch.Tensor | None = None,
+                 need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         y, weights = self.attn(self.norm1(x), head_mask=head_mask, need_weights=need_weights)
         x = x + self.drop(y)
         x = x + self.drop(self.mlp(self.norm2(x)))

@@ -1,0 +1,1 @@
+"""Benchmarks of vitmsn against transformers, timm and lightly; see docs/BENCHMARKS.md."""

@@ -1,0 +1,385 @@
+"""Render docs/BENCHMARKS.md from the result files in bench/results/ and the notes in bench/notes.md.
+
+python bench/report.py [--results-dir bench/results] [--out docs/BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import RESULTS_DIR, ROOT  # noqa: E402
+
+OUT = ROOT / "docs" / "BENCHMARKS.md"
+NOTES = ROOT / "bench" / "notes.md"
+#: every benchmark script, in the order of the report; ``None``: not written yet
+SCRIPTS = {
+    "matmul_peak": "the machine's fp32 matmul peak",
+    "inference": "CPU inference: vitmsn vs transformers vs timm",
+    "ab": "A/B of the CPU fast path's parts (what vitmsn ships, what was tried)",
+    "masking": "MSN token dropping: forward + backward vs keep ratio",
+    "preprocess": "image preprocessing: vitmsn vs transformers",
+    "pretrain_step": None,
+    "lowshot": None,
+}
+TODO = "not written yet: needs the pretraining module"
+
+
+def load_results(results_dir: Path) -> dict[str, dict]:
+    out = {}
+    for path in sorted(Path(results_dir).glob("*.json")):
+        data = json.loads(path.read_text())
+        out[data.get("name", path.stem)] = data
+    return out
+
+
+# -------------------------------------------------------------------------------------------- formatting
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(x: Any) -> str:
+        return str(x).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def f(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def loadavg(m: dict) -> str:
+    start = m.get("loadavg") or []
+    end = m.get("loadavg_end") or []
+    s = "/".join(f"{v:.2f}" for v in start) or "?"
+    if end:
+        s += " at start, " + "/".join(f"{v:.2f}" for v in end) + " at end (1/5/15 min)"
+    return s
+
+
+def header(data: dict) -> str:
+    m = data["machine"]
+    libs = ", ".join(
+        f"{k} {m[k]}" for k in ("transformers", "timm", "lightly", "torchvision", "pillow") if m.get(k)
+    )
+    lines = [
+        f"- command: `{data['command']}`",
+        f"- date: {m['date']}; load average: {loadavg(m)}",
+        f"- machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} with {m['torch_threads']} threads "
+        f"(CPU capability {m.get('cpu_capability')}), GPU: {m.get('gpu') or 'none'}",
+        f"- libraries: {libs}",
+    ]
+    if data.get("quick"):
+        lines.insert(
+            0, "- **QUICK RUN (`--quick`): tiny sizes, 1-2 repeats; a smoke test, not a measurement.**"
+        )
+    return "\n".join(lines)
+
+
+def target_rows(name: str, targets: list[dict]) -> list[list[str]]:
+    rows = []
+    for t in targets:
+        better = ">=" if t["higher_is_better"] else "<="
+        verdict = "met" if t["met"] else "**missed**"
+        rows.append(
+            [
+                name,
+                t["name"],
+                f"{t['value']:.3f}",
+                f"{better} {t['threshold']:.3f}",
+                verdict,
+                f"{100 * t['margin']:+.1f}%",
+            ]
+        )
+    return rows
+
+
+def targets_table(name: str, targets: list[dict]) -> str:
+    if not targets:
+        return ""
+    return "Targets (margin: how far past the threshold; negative = missed by that much):\n\n" + table(
+        ["benchmark", "target", "measured", "threshold", "verdict", "margin"], target_rows(name, targets)
+    )
+
+
+# ------------------------------------------------------------------------------------------ benchmarks
+
+
+def render_matmul_peak(d: dict) -> str:
+    cpu = d["results"]["cpu"]
+    rows = [[n, f(r["best_gflops"]), f(r["median_gflops"])] for n, r in cpu["sizes"].items()]
+    out = [
+        f"Measured fp32 peak: **{cpu['peak_gflops']:.1f} GFLOP/s** ({cpu['threads']} threads, best of "
+        f"{d['config']['repeats']} per size).",
+        "",
+        table(["n (square sgemm)", "best GFLOP/s", "median GFLOP/s"], rows),
+    ]
+    out.append(gpu_line(d["results"].get("gpu", {})))
+    return "\n".join(out)
+
+
+def gpu_line(gpu: dict) -> str:
+    if "skipped" in gpu:
+        return f"\nGPU variants: {gpu['skipped']}."
+    return "\nGPU variants:\n\n```json\n" + json.dumps(gpu, indent=1)[:3000] + "\n```"
+
+
+def render_inference(d: dict) -> str:
+    res = d["results"]
+    out = [
+        f"fp32 matmul peak measured in the same run: {res['peak_gflops']:.1f} GFLOP/s (before "
+        f"{res['peak_gflops_before']:.1f}, after {res['peak_gflops_after']:.1f}). Images/s are medians of "
+        f"{d['config']['repeats']} interleaved repeats; GFLOP/s counts the model's matmul FLOPs "
+        "(`vit_flops` in `bench/inference.py`); max|diff| is the CLS feature's largest difference from "
+        "transformers-eager on the same weights."
+    ]
+    models = sorted({r["model"] for r in res["rows"]}, key=lambda m: ("base" in m, m))
+    for model in models:
+        out += ["", f"#### {model}", ""]
+        rows = []
+        for r in res["rows"]:
+            if r["model"] != model:
+                continue
+            rows.append(
+                [
+                    r["batch"],
+                    r["library"],
+                    f(r["images_per_s"], 2),
+                    f(r["median_s"] * 1e3),
+                    f(r["gflops"]),
+                    f(100 * r["peak_share"]),
+                    f"{r['max_abs_diff_vs_transformers_eager']:.1e}",
+                ]
+            )
+        out.append(
+            table(
+                ["batch", "library", "images/s", "ms / batch", "GFLOP/s", "% of peak", "max abs diff"], rows
+            )
+        )
+    out += ["", "Ratios (vitmsn images/s divided by the other's):", ""]
+    out.append(
+        table(
+            [
+                "model",
+                "batch",
+                "vitmsn / faster transformers",
+                "faster transformers path",
+                "vitmsn / timm",
+                "vitmsn % of matmul peak",
+            ],
+            [
+                [
+                    r["model"],
+                    r["batch"],
+                    f(r["vs_transformers"], 3),
+                    r["faster_transformers"],
+                    f(r["vs_timm"], 3),
+                    f(100 * r["vitmsn_peak_share"]),
+                ]
+                for r in res["ratios"]
+            ],
+        )
+    )
+    out.append(gpu_line(res.get("gpu", {})))
+    return "\n".join(out)
+
+
+def render_ab(d: dict) -> str:
+    out = [
+        "Each variant replaces `Block.forward` of the same vitmsn model; speed-up relative to `reference` "
+        "(the plain `F.linear` path, as transformers and timm run), medians of interleaved repeats.",
+        "",
+    ]
+    out.append(table(["variant", "what"], [[k, v] for k, v in d["config"]["variants"].items()]))
+    for case in d["results"]["cases"]:
+        out += ["", f"#### {case['model']}, batch {case['batch']} ({case['repeats']} repeats)", ""]
+        out.append(
+            table(
+                ["variant", "images/s", "GFLOP/s", "speed-up", "max abs diff"],
+                [
+                    [
+                        r["variant"],
+                        f(r["images_per_s"], 2),
+                        f(r["gflops"]),
+                        f(r["speedup_vs_reference"], 3),
+                        f"{r['max_abs_diff_vs_reference']:.1e}",
+                    ]
+                    for r in case["rows"]
+                ],
+            )
+        )
+    return "\n".join(out)
+
+
+def render_masking(d: dict) -> str:
+    cpu = d["results"]["cpu"]
+    out = [
+        f"{cpu['model']}, batch {cpu['batch']}, {cpu['num_patches']} patches; forward + backward of the backbone. "
+        "`1.0-gather` keeps every patch through `keep_idx` (a random order): the cost of the gather alone.",
+        "",
+    ]
+    rows = [
+        [
+            r["case"],
+            r["kept_patches"],
+            r["tokens"],
+            f(r["median_s"] * 1e3),
+            f(r["relative_time"], 3),
+            f(r["bound"], 2),
+            ("yes" if r["relative_time"] <= r["bound"] else "**no**"),
+        ]
+        for r in cpu["rows"]
+    ]
+    out.append(
+        table(
+            [
+                "keep ratio",
+                "kept patches",
+                "tokens",
+                "ms / step",
+                "time / time(1.0)",
+                "bound r + 0.1",
+                "within bound",
+            ],
+            rows,
+        )
+    )
+    out.append(gpu_line(d["results"].get("gpu", {})))
+    return "\n".join(out)
+
+
+def render_preprocess(d: dict) -> str:
+    res = d["results"]
+    out = [
+        f"{d['config']['batch']} photographs (PIL images of varied sizes) -> "
+        f"{tuple(d['config']['output'])} float32; medians of {d['config']['repeats']} interleaved repeats.",
+        "",
+    ]
+    out.append(
+        table(
+            ["case", "images/s", "ms / batch", "max abs diff vs transformers-pil"],
+            [
+                [
+                    r["case"],
+                    f(r["images_per_s"]),
+                    f(r["median_s"] * 1e3),
+                    f"{r['max_abs_diff_vs_transformers_pil']:.2e}",
+                ]
+                for r in res["rows"]
+            ],
+        )
+    )
+    out += ["", table(["ratio", "value"], [[k, f"{v:.2f}x"] for k, v in res["ratios"].items()])]
+    out.append(gpu_line(res.get("gpu", {})))
+    return "\n".join(out)
+
+
+def render_generic(d: dict) -> str:
+    return "```json\n" + json.dumps(d["results"], indent=1)[:4000] + "\n```"
+
+
+RENDER = {
+    "matmul_peak": render_matmul_peak,
+    "inference": render_inference,
+    "ab": render_ab,
+    "masking": render_masking,
+    "preprocess": render_preprocess,
+}
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def render(results: dict[str, dict], notes: str | None = None) -> str:
+    parts = [
+        "# Benchmarks",
+        "",
+        "<!-- Generated by `python bench/report.py` from bench/results/*.json and bench/notes.md; "
+        "edit those, not this file. -->",
+        "",
+        "Run every benchmark, then this report (about 15 minutes on 2 cores; run on a quiet machine — the "
+        "load average is recorded with each result):",
+        "",
+        "```bash",
+        'pip install -e ".[bench]"',
+        "python bench/matmul_peak.py && python bench/inference.py && python bench/ab.py && "
+        "python bench/masking.py && python bench/preprocess.py",
+        "python bench/report.py",
+        "```",
+        "",
+        "Each script takes `--quick` (tiny sizes, a smoke test: `tests/test_bench.py` runs it) and "
+        "`--results-dir`. GPU variants (bf16 autocast, flash SDPA, torch.compile) run only with CUDA.",
+        "",
+        "## Scripts",
+        "",
+    ]
+    rows = []
+    for name, what in SCRIPTS.items():
+        d = results.get(name)
+        if what is None:
+            rows.append([f"`bench/{name}.py`", "TODO", f"**{TODO}**; no results"])
+        elif d is None:
+            rows.append([f"`bench/{name}.py`", what, "no result file yet"])
+        else:
+            kind = "quick smoke run only" if d.get("quick") else "measured"
+            rows.append([f"`bench/{name}.py`", what, f"{kind}, {d['machine']['date']}"])
+    parts += [table(["script", "what", "status"], rows), ""]
+
+    all_targets = []
+    for name, d in results.items():
+        all_targets += target_rows(name + (" (quick)" if d.get("quick") else ""), d.get("targets", []))
+    parts += ["## Targets", ""]
+    if all_targets:
+        met = sum(1 for r in all_targets if r[4] == "met")
+        parts += [
+            f"{met} of {len(all_targets)} met. Margin: how far past the threshold (negative: missed by "
+            "that much, relative to the threshold).",
+            "",
+            table(["benchmark", "target", "measured", "threshold", "verdict", "margin"], all_targets),
+            "",
+        ]
+    else:
+        parts += ["No results with targets yet.", ""]
+
+    for name in [*SCRIPTS, *sorted(set(results) - set(SCRIPTS))]:
+        d = results.get(name)
+        if d is None:
+            continue
+        parts += [f"## {name}", "", header(d), "", RENDER.get(name, render_generic)(d), ""]
+        for note in d.get("notes", []):
+            parts.append(f"- {note}")
+    parts += [
+        "## pretrain_step, lowshot",
+        "",
+        f"TODO — {TODO}. The scripts exist as stubs that exit with this "
+        "message; no numbers are reported for them.",
+        "",
+    ]
+    if notes:
+        parts += [notes.strip(), ""]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--notes", type=Path, default=NOTES)
+    args = p.parse_args(argv)
+    notes = args.notes.read_text() if args.notes.exists() else None
+    text = render(load_results(args.results_dir), notes)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {args.out}")
+    return args.out
+
+
+if __name__ == "__main__":
+    main()

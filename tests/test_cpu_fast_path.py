@@ -1,0 +1,108 @@
+"""The oneDNN path of CPU inference (vitmsn/models/layers.py) computes what the plain path computes.
+
+Fused linear + bias + GELU, pre-packed weights and token chunks change only the summation order: outputs
+stay within 1e-5 of transformers and of vitmsn's own plain ``F.linear`` path.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+
+import vitmsn
+from tests.conftest import save_hf
+from vitmsn.models import layers
+
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    # 64 px, 8 px patches: 65 tokens; 20 images are 1300 tokens, more than one chunk
+    ref, path = save_hf(
+        tmp_path_factory, "ViTMSNModel", "ViTMSNConfig", image_size=64, attn_implementation="eager"
+    )
+    return ref, path
+
+
+def plain(model, x, **kw):
+    with layers.fast_cpu_inference(False), torch.no_grad():
+        return model(x, **kw)
+
+
+def test_chunked_batch_matches_transformers_and_plain_path(pair):
+    ref, path = pair
+    ours = vitmsn.ViTMSNModel.from_pretrained(path)
+    x = torch.randn(20, 3, 64, 64)
+    assert 20 * 65 > layers.CHUNK_TOKENS
+    with torch.inference_mode():
+        fast = ours(x).last_hidden_state
+        expected = ref(x).last_hidden_state
+    torch.testing.assert_close(fast, expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(fast, plain(ours, x).last_hidden_state, atol=ATOL, rtol=0)
+
+
+def test_weights_changed_in_place_are_repacked(pair):
+    _, path = pair
+    ours = vitmsn.ViTMSNModel.from_pretrained(path)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = ours(x).last_hidden_state
+        for p in ours.parameters():
+            p.mul_(1.5)
+        after = ours(x).last_hidden_state
+    assert (after - before).abs().max() > 1e-3
+    torch.testing.assert_close(after, plain(ours, x).last_hidden_state, atol=ATOL, rtol=0)
+
+
+def test_model_can_be_copied_and_saved_after_inference(pair):
+    _, path = pair
+    ours = vitmsn.ViTMSNModel.from_pretrained(path)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = ours(x).last_hidden_state
+    twin = copy.deepcopy(ours)
+    torch.save(ours, io.BytesIO())
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x).last_hidden_state, out, atol=0, rtol=0)
+
+
+def test_training_takes_the_autograd_path(pair):
+    _, path = pair
+    ours = vitmsn.ViTMSNModel.from_pretrained(path).train()
+    x = torch.randn(20, 3, 64, 64)
+    out = ours(x).last_hidden_state
+    assert out.grad_fn is not None
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in ours.blocks.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(out.detach(), plain(ours, x).last_hidden_state, atol=ATOL, rtol=0)
+
+
+def test_attentions_and_hidden_states_on_a_large_batch(pair):
+    ref, path = pair
+    ours = vitmsn.ViTMSNModel.from_pretrained(path)
+    x = torch.randn(20, 3, 64, 64)
+    with torch.no_grad():
+        o = ours(x, output_attentions=True, output_hidden_states=True)
+        r = ref(x, output_attentions=True, output_hidden_states=True)
+    for mine, theirs in ((o.attentions, r.attentions), (o.hidden_states, r.hidden_states)):
+        for a, b in zip(mine, theirs, strict=True):
+            torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+
+
+def test_other_dtypes_and_inference_tensors(pair):
+    ref, path = pair
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = ref(x).last_hidden_state
+    with torch.inference_mode():  # weights made in inference mode have no version counter: not packed
+        ours = vitmsn.ViTMSNModel.from_pretrained(path)
+        torch.testing.assert_close(ours(x).last_hidden_state, expected, atol=ATOL, rtol=0)
+    ours = vitmsn.ViTMSNModel.from_pretrained(path).double()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x.double()).last_hidden_state.float(), expected, atol=ATOL, rtol=0)
+    layers.release_packed_weights()
