@@ -107,6 +107,7 @@ else:  # pragma: no cover
     def _cpu_autocast() -> bool:
         return torch.is_autocast_cpu_enabled()
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
+_is_exporting = getattr(getattr(torch, "compiler", None), "is_exporting", None) or (lambda: False)
 
 
 def set_fast_cpu_inference(enabled: bool) -> bool:
@@ -139,6 +140,7 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and not _cpu_autocast()
         and not _is_compiling()
+        and not _is_exporting()
         and not torch.jit.is_tracing()
     )
 
@@ -254,8 +256,9 @@ class Block(nn.Module):
                 need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         # x: (B, N, D)
         B, N, _ = x.shape
-        if B * N > CHUNK_TOKENS and B > 1 and head_mask is None and not need_weights and _use_onednn(
-                x, self.mlp.fc1.weight):
+        # (the oneDNN test first: under torch.export / compile it is False and no guard on B is recorded)
+        if (_use_onednn(x, self.mlp.fc1.weight) and head_mask is None and not need_weights and B > 1
+                and B * N > CHUNK_TOKENS):
             # CPU inference on many tokens: whole images at a time, so that every activation stays in cache
             per = max(1, CHUNK_TOKENS // N)
             return torch.cat([self._forward(chunk)[0] for chunk in x.split(per)]), None  # (B, N, D)
