@@ -68,8 +68,9 @@ class SeededTransform(Dataset):
     """Applies ``transform`` with the RNGs seeded from (seed, epoch, index): augmentations that do not
     depend on which worker draws them, nor on where a run was resumed."""
 
-    def __init__(self, base: Dataset, transform: Callable, seed: int = 0):
+    def __init__(self, base: Dataset, transform: Callable, seed: int = 0, count_skips: bool = False):
         self.base, self.transform, self.seed, self.epoch = base, transform, seed, 0
+        self.count_skips = count_skips  # also return how many unreadable files were skipped for this item
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -77,11 +78,14 @@ class SeededTransform(Dataset):
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> tuple[Any, Any]:
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        before = getattr(self.base, "num_skipped", 0)  # image folders replace unreadable files and count them
         image, label = self.base[index]
         s = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
         torch.manual_seed(s)
         random.seed(s)
+        if self.count_skips:
+            return self.transform(image), label, getattr(self.base, "num_skipped", 0) - before
         return self.transform(image), label
 
 

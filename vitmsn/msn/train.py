@@ -188,7 +188,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
 
     # -- data: the order depends on (seed, epoch), each augmentation on (seed, epoch, index)
     images = dataset if dataset is not None else build_dataset(cfg)
-    dataset = SeededTransform(images, build_views(cfg), seed=cfg.seed)
+    dataset = SeededTransform(images, build_views(cfg), seed=cfg.seed, count_skips=True)
     sampler = GlobalBatchSampler(len(dataset), b, seed=cfg.seed, rank=dist.rank(), world_size=W)
     loader = DataLoader(dataset, batch_size=b, sampler=sampler, num_workers=cfg.num_workers, drop_last=True,
                         pin_memory=dev.type == "cuda")
@@ -215,13 +215,13 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
 
     bar = tqdm(total=total_steps, initial=state.step, disable=not (progress and main), desc="pretrain",
                unit="step", dynamic_ncols=True)
-    t0, seen = time.perf_counter(), 0
+    t0, seen, skipped = time.perf_counter(), 0, 0
     try:
         while state.step < total_steps:
             epoch, start_batch = divmod(state.step, steps_per_epoch)
             sampler.set_epoch(epoch, start_batch)
             dataset.set_epoch(epoch)
-            for views, _ in loader:
+            for views, _, skips in loader:
                 step = state.step
                 # -- apply schedules (lr and weight decay as the original's pre-incremented counters)
                 lr, wd, momentum = sched["lr"](step + 1), sched["wd"](step + 1), sched["ema"](step)
@@ -264,11 +264,12 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
                 # loss terms of the global batch (each process computed those of its share)
                 terms = dist.all_reduce_mean_(torch.stack([loss, out_loss.ce, out_loss.entropy]).detach())
+                skipped += int(dist.all_reduce_sum_(skips.sum()))  # unreadable files replaced, all processes
                 metrics = {"epoch": epoch, "loss": terms[0].item(), "ce": terms[1].item(),
                            "me_max": out_loss.me_max.item(), "entropy": terms[2].item(),
                            "num_targets": out_loss.num_unique_targets, "max_target": out_loss.max_target.item(),
                            "lr": lr, "wd": wd, "momentum": momentum, "grad_norm": float(grad_norm),
-                           "images_per_s": rate}
+                           "images_per_s": rate, "skipped_images": skipped}
                 if state.step % cfg.log_every == 0 or state.step == total_steps:
                     log.log(state.step, metrics)
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
@@ -285,6 +286,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
         log.close()
     dist.barrier()
     if main:
+        if skipped:
+            logger.warning("%d unreadable images were skipped (see the warnings above for their paths)", skipped)
         logger.info("pretraining finished after %d steps; run folder %s", state.step, out)
     return out
 
