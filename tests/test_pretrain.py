@@ -265,3 +265,17 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
     skipped = int(last[header.index("skipped_images")])
     # 17 files, 16 used per epoch: the 3 bad ones are met at least twice over 2 epochs
     assert skipped >= 3, skipped
+
+
+def test_csv_and_tensorboard_logs(tmp_path):
+    pytest.importorskip("tensorboard")
+    from vitmsn.msn.train import pretrain
+
+    pretrain(tiny_config(tmp_path / "tb", max_steps=2, tensorboard=True), device="cpu", progress=False,
+             dataset=Shapes())
+    assert list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+    header = (tmp_path / "tb" / "log.csv").read_text().splitlines()[0].split(",")
+    for column in ("loss", "ce", "me_max", "lr", "wd", "momentum", "images_per_s", "skipped_images"):
+        assert column in header
+    saved = json.loads((tmp_path / "tb" / "config.json").read_text())
+    assert saved["num_prototypes"] == 10 and saved["max_steps"] == 2  # the resolved config
