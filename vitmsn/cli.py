@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Modules that define more subcommands next to the code they call: each has ``register(add)``, where
 # ``add(name, function, help, description=None)`` returns the subcommand's argparse parser.
-COMMAND_MODULES: tuple[str, ...] = ("vitmsn.eval.quickstart", "vitmsn.convert")
+COMMAND_MODULES: tuple[str, ...] = ("vitmsn.eval.quickstart", "vitmsn.convert", "vitmsn.eval.commands")
 
 
 def main(argv: list[str] | None = None) -> int:

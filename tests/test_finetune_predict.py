@@ -1,0 +1,300 @@
+"""Fine-tuning, prediction, feature extraction and attention maps, on tiny models and generated images.
+
+The images are coloured squares with noise, one colour per class: a tiny ViT learns them in a few steps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vitmsn.cli import main
+from vitmsn.config import ViTMSNConfig
+from vitmsn.data.folder import ImageLoadError
+from vitmsn.eval.finetune import (
+    finetune,
+    finetune_param_groups,
+    layer_id,
+    load_labelled_data,
+    set_scaled_lr,
+    train_transform,
+)
+from vitmsn.eval.predict import attention_map, cls_attention, extract, predict
+from vitmsn.models.hf import ViTMSNForImageClassification, ViTMSNModel
+from vitmsn.processing import ViTImageProcessor
+from vitmsn.training import load_checkpoint
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32,
+            patch_size=8)  # fmt: skip
+COLOURS = {"blue": (40, 40, 200), "green": (40, 200, 40), "red": (200, 40, 40)}
+FAST = dict(batch_size=8, lr=1e-3, warmup_epochs=1, tensorboard=False, progress=False)
+
+
+def write_images(folder: Path, per_class: int, seed: int) -> Path:
+    """``folder/<colour>/<i>.png``: 24 x 24 noisy images of the class colour."""
+    rng = np.random.default_rng(seed)
+    for name, rgb in COLOURS.items():
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(np.array(rgb)[None, None] + rng.integers(-40, 40, (24, 24, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / name / f"{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A bare ViT-MSN encoder with its image processor, as ``vitmsn export`` writes one."""
+    out = tmp_path_factory.mktemp("encoder")
+    torch.manual_seed(0)
+    ViTMSNModel(ViTMSNConfig(**TINY)).save_pretrained(out)
+    ViTImageProcessor(size=32, image_mean=[0.4, 0.45, 0.5], image_std=[0.2, 0.25, 0.3]).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return write_images(tmp_path_factory.mktemp("colours"), per_class=12, seed=0)
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory, model_dir, data_dir) -> Path:
+    out = tmp_path_factory.mktemp("ft") / "run"
+    return finetune(str(model_dir), str(data_dir), out, epochs=3, val_fraction=0.25, **FAST)
+
+
+# ------------------------------------------------------------------------------------------ fine-tuning
+
+
+def test_finetune_saves_reloads_and_predicts(finetuned, tmp_path):
+    metrics = json.loads((finetuned / "metrics.json").read_text())
+    assert metrics["finished"] and metrics["classes"] == ["blue", "green", "red"]
+    assert (metrics["train_images"], metrics["val_images"]) == (27, 9)  # 3 of 12 per class held out
+    losses = [e["train_loss"] for e in metrics["epochs"]]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert metrics["best_val_accuracy"] > 90
+    best = finetuned / "best"
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        assert (best / name).is_file(), name
+    assert json.loads((best / "preprocessor_config.json").read_text())["image_std"] == [0.2, 0.25, 0.3]
+    model = ViTMSNForImageClassification.from_pretrained(best)
+    assert model.config.id2label == {0: "blue", 1: "green", 2: "red"}
+    # new images of the same colours: well above chance (33 %)
+    fresh = write_images(tmp_path / "fresh", per_class=5, seed=1)
+    images = sorted(str(p) for p in fresh.glob("*/*.png"))
+    results = predict(best, images, top_k=2, device="cpu")
+    assert [r["path"] for r in results] == images
+    assert all(len(r["predictions"]) == 2 for r in results)
+    p = [r["predictions"][0]["probability"] for r in results]
+    assert all(0 < x <= 1 for x in p)
+    correct = sum(r["predictions"][0]["label"] == Path(r["path"]).parent.name for r in results)
+    assert correct / len(results) >= 0.8
+    assert (finetuned / "log.csv").read_text().startswith("step,")
+
+
+def test_resume_after_stop_equals_uninterrupted_run(model_dir, data_dir, tmp_path, capsys):
+    settings = dict(epochs=2, val_fraction=0.25, seed=3, layer_decay=0.8, **FAST)
+    full = finetune(str(model_dir), str(data_dir), tmp_path / "full", **settings)
+    # stopped mid-epoch 2 (3 steps per epoch) through the command line, then resumed with the saved settings
+    stop = ["finetune", "--model", str(model_dir), "--data", str(data_dir), "--out", str(tmp_path / "cut"),
+            "--epochs", "2", "--batch-size", "8", "--lr", "1e-3", "--warmup-epochs", "1", "--val-fraction", "0.25",
+            "--seed", "3", "--layer-decay", "0.8", "--no-tensorboard", "--no-progress"]  # fmt: skip
+    assert main([*stop, "--max-steps", "4"]) == 0
+    assert "stopped at step 4 of 6" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "latest.pt")["step"] == 4
+    assert main(["finetune", "--out", str(tmp_path / "cut"), "--resume", "--no-progress"]) == 0
+    assert "best model:" in capsys.readouterr().out
+    a = load_checkpoint(full / "checkpoints" / "latest.pt")
+    b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "latest.pt")
+    assert a["step"] == b["step"] == 6
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    ma = json.loads((full / "metrics.json").read_text())
+    mb = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert ma["epochs"] == mb["epochs"]
+    # a finished run is not overwritten; settings that change the result cannot change on resume
+    with pytest.raises(FileExistsError):
+        finetune(str(model_dir), str(data_dir), full, **settings)
+    with pytest.raises(ValueError, match="lr"):
+        finetune(str(model_dir), str(data_dir), full, resume=True, **{**settings, "lr": 0.1})
+    with pytest.raises(FileNotFoundError):
+        finetune(str(model_dir), str(data_dir), tmp_path / "nothing", resume=True, **settings)
+
+
+def test_layer_decay_learning_rates():
+    model = ViTMSNForImageClassification(ViTMSNConfig(**TINY, num_labels=3))
+    depth = TINY["num_hidden_layers"] + 1
+    assert layer_id("vit.pos_embed", 2) == 0 and layer_id("vit.patch_embed.proj.weight", 2) == 0
+    assert layer_id("vit.blocks.1.mlp.fc1.weight", 2) == 2 and layer_id("classifier.weight", 2) == depth
+    for decay in (None, 0.5):
+        groups = finetune_param_groups(model, 0.05, layer_decay=decay)
+        optimizer = torch.optim.AdamW(groups, lr=1.0)
+        set_scaled_lr(optimizer, 2e-3)
+        lr = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+        wd = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+        named = dict(model.named_parameters())
+        assert len(lr) == len(named)  # every parameter once
+        d = 1.0 if decay is None else decay
+        expected = {
+            "vit.cls_token": 2e-3 * d**depth,
+            "vit.pos_embed": 2e-3 * d**depth,
+            "vit.patch_embed.proj.weight": 2e-3 * d**depth,
+            "vit.blocks.0.attn.qkv.weight": 2e-3 * d**2,
+            "vit.blocks.1.mlp.fc2.bias": 2e-3 * d,
+            "vit.norm.weight": 2e-3,
+            "classifier.weight": 2e-3,
+        }
+        for name, value in expected.items():
+            assert lr[id(named[name])] == pytest.approx(value), name
+        # no weight decay on biases, norms, CLS and position embeddings
+        for name in ("vit.cls_token", "vit.pos_embed", "vit.blocks.0.norm1.weight", "vit.blocks.1.mlp.fc2.bias",
+                     "vit.norm.bias", "classifier.bias"):  # fmt: skip
+            assert wd[id(named[name])] == 0.0, name
+        for name in ("vit.patch_embed.proj.weight", "vit.blocks.0.attn.qkv.weight", "classifier.weight"):
+            assert wd[id(named[name])] == 0.05, name
+
+
+def test_training_pixels_follow_the_processor(model_dir):
+    processor = ViTImageProcessor.from_pretrained(model_dir)
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (20, 27, 3), dtype=np.uint8))
+    gray = Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8))  # mode "L", as Fashion-MNIST
+    plain = train_transform(processor, 32, augment=False)
+    for image in (rgb, gray):
+        want = processor(image, return_tensors="pt")["pixel_values"][0]  # (3, 32, 32)
+        got = plain(image)
+        assert got.shape == want.shape == (3, 32, 32)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    augmented = train_transform(processor, 32, augment=True)(gray)
+    assert augmented.shape == (3, 32, 32)
+    # three equal channels once normalisation is undone
+    mean, std = torch.tensor([0.4, 0.45, 0.5])[:, None, None], torch.tensor([0.2, 0.25, 0.3])[:, None, None]
+    raw = augmented * std + mean
+    torch.testing.assert_close(raw[0], raw[1], atol=1e-5, rtol=0)
+
+
+def test_stratified_split_and_folders(data_dir, tmp_path):
+    split = load_labelled_data(data_dir, val_fraction=0.25, seed=0)
+    assert split.classes == ["blue", "green", "red"] and len(split.train) == 27 and len(split.val) == 9
+    assert sorted(split.val[i][1] for i in range(9)) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert split.train[0][0].mode == "RGB"
+    write_images(tmp_path / "tv" / "train", 2, 0)
+    write_images(tmp_path / "tv" / "val", 1, 1)
+    folders = load_labelled_data(tmp_path / "tv")
+    assert (len(folders.train), len(folders.val)) == (6, 3)
+    with pytest.raises(FileNotFoundError):
+        load_labelled_data(tmp_path / "missing")
+
+
+def test_finetune_grayscale_fashion_mnist_format(tmp_path):
+    """Fashion-MNIST's loader (mode "L" images) through a 28-pixel model: three equal channels."""
+    from tests.test_quickstart import write_fashion_like
+
+    root = write_fashion_like(tmp_path / "fm", per_class=4)
+    enc = tmp_path / "enc28"
+    ViTMSNModel(ViTMSNConfig(**{**TINY, "image_size": 28, "patch_size": 7})).save_pretrained(enc)
+    ViTImageProcessor(size=28).save_pretrained(enc)
+    out = finetune(str(enc), "fashion-mnist", tmp_path / "ft", epochs=1, data_root=str(root), augment=False,
+                   **{**FAST, "batch_size": 20})  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val_images"] == 40 and len(metrics["classes"]) == 10
+    assert ViTMSNForImageClassification.from_pretrained(out / "best").config.id2label[9] == "Ankle boot"
+
+
+# ------------------------------------------------------------------------------------ predict, extract
+
+
+def test_predict_bad_images(finetuned, data_dir, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    good = str(data_dir / "red" / "0.png")
+    with pytest.raises(ImageLoadError, match="broken.png"):
+        predict(finetuned / "best", [good, str(bad)])
+    results = predict(finetuned / "best", [good, str(bad), str(tmp_path / "missing.jpg")], skip_bad=True)
+    assert "predictions" in results[0] and "error" not in results[0]
+    assert results[1]["path"] == str(bad) and "error" in results[1] and "predictions" not in results[1]
+    assert "error" in results[2]
+    # a bare encoder has no classifier to predict with
+    encoder = json.loads((finetuned / "finetune.json").read_text())["model"]
+    with pytest.raises(ValueError, match="finetune"):
+        predict(encoder, [good])
+
+
+def test_extract_writes_npz(model_dir, data_dir, tmp_path):
+    folder = tmp_path / "imgs"
+    write_images(folder, per_class=2, seed=5)
+    (folder / "red" / "corrupt.png").write_bytes(b"")  # left out, so that paths stay aligned
+    path = extract(model_dir, folder, tmp_path / "feats", batch_size=4, device="cpu", progress=False)
+    assert path == tmp_path / "feats.npz"
+    with np.load(path) as f:
+        assert f["features"].shape == (6, TINY["hidden_size"]) and f["features"].dtype == np.float32
+        assert f["labels"].tolist() == [0, 0, 1, 1, 2, 2]
+        assert f["paths"].shape == (6,) and all("corrupt" not in p for p in f["paths"])
+        assert f["classes"].tolist() == ["blue", "green", "red"]
+        cls = f["features"]
+    prenorm = extract(
+        model_dir, folder, tmp_path / "pre.npz", pool="cls_prenorm", device="cpu", progress=False
+    )
+    with np.load(prenorm) as f:
+        assert f["features"].shape == cls.shape and not np.allclose(f["features"], cls)
+    # loose images: unlabelled
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for p in (data_dir / "red").glob("[01].png"):
+        (loose / p.name).write_bytes(p.read_bytes())
+    with np.load(extract(model_dir, loose, tmp_path / "loose.npz", device="cpu", progress=False)) as f:
+        assert f["labels"].tolist() == [-1, -1] and "classes" not in f
+
+
+def test_attention_maps(model_dir, data_dir, tmp_path):
+    model = ViTMSNModel.from_pretrained(model_dir)
+    processor = ViTImageProcessor.from_pretrained(model_dir)
+    pixels = processor(Image.open(data_dir / "red" / "0.png"), return_tensors="pt")["pixel_values"]
+    maps = cls_attention(model, pixels)  # (heads, 4, 4)
+    assert maps.shape == (4, 4, 4)
+    sums = maps.sum(dim=(1, 2))
+    assert torch.all(sums > 0) and torch.all(sums <= 1 + 1e-6)
+    assert cls_attention(model, pixels, layer=0).shape == (4, 4, 4)
+    with pytest.raises(ValueError, match="layer"):
+        cls_attention(model, pixels, layer=2)
+    png = attention_map(model_dir, data_dir / "red" / "0.png", tmp_path / "map.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+@pytest.mark.parametrize("command", ["finetune", "predict", "extract", "attention"])
+def test_cli_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: vitmsn " + command) and "default" in text
+
+
+def test_cli_predict_extract_attention(finetuned, model_dir, data_dir, tmp_path, capsys):
+    image = str(data_dir / "green" / "1.png")
+    assert (
+        main(["predict", "--model", str(finetuned / "best"), image, "--top-k", "3", "--device", "cpu"]) == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == image and lines[1].split()[:2] == ["1.", "green"] and len(lines) == 4
+    assert main(["predict", "--model", str(finetuned / "best"), image, "--json", "--top-k", "1"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["predictions"][0]["label"] == "green"
+    # a bad image: one line naming the file, exit status 2
+    assert main(["predict", "--model", str(finetuned / "best"), str(tmp_path / "nope.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope.png" in err[0]
+    out = tmp_path / "f.npz"
+    assert main(["extract", "--model", str(model_dir), "--data", str(data_dir), "--out", str(out),
+                 "--no-progress", "--device", "cpu"]) == 0  # fmt: skip
+    assert "36 images x 32 features" in capsys.readouterr().out
+    assert main(["attention", "--model", str(model_dir), image, "--out", str(tmp_path / "a.png")]) == 0
+    assert (tmp_path / "a.png").is_file()

@@ -1,0 +1,597 @@
+"""Supervised fine-tuning: a pretrained encoder plus a new linear classifier on the CLS token, trained end to end.
+
+Recipe (DeiT/MAE-style, scaled down): AdamW, linear warm-up then half cosine of the learning rate (the shared
+:class:`~vitmsn.msn.schedules.Schedule`), no weight decay on biases, norms and the position/CLS embeddings,
+cross-entropy with label smoothing, optional layer-wise learning-rate decay, RandomResizedCrop + horizontal
+flip for training and a plain resize for evaluation.
+
+Pixels match the model directory's ``preprocessor_config.json``: the training transform is built from the
+processor's size, filter, rescale factor, mean and std (torchvision transforms v2), and evaluation runs the
+processor itself. Grayscale images become three equal channels.
+
+A run folder holds ``finetune.json`` (the settings), ``log.csv``, ``checkpoints/latest.pt`` (written atomically:
+weights, optimizer, step, RNG states, running metrics), ``metrics.json`` (per-epoch train/val loss and
+accuracy, the best epoch) and ``best/`` (the best model so far by validation accuracy, in transformers'
+format with its image processor and class names). ``resume=True`` continues exactly where the run stopped:
+the data order depends on (seed, epoch), each augmentation on (seed, epoch, index), the rest is in the
+checkpoint, so a stopped and resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.transforms import InterpolationMode, v2
+from tqdm.auto import tqdm
+
+from vitmsn.msn.schedules import Schedule, default_no_decay, param_groups
+from vitmsn.training import (
+    GlobalBatchSampler,
+    MetricLogger,
+    NonFiniteLossError,
+    SeededTransform,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+
+logger = logging.getLogger("vitmsn")
+
+__all__ = [
+    "LabelledData",
+    "ProcessorTransform",
+    "evaluate",
+    "finetune",
+    "finetune_defaults",
+    "finetune_param_groups",
+    "layer_id",
+    "load_labelled_data",
+    "saved_settings",
+    "set_scaled_lr",
+    "train_transform",
+]
+
+LATEST = "latest.pt"
+SETTINGS_FILE = "finetune.json"
+LR_SCALE_KEY = "lr_scale"
+# settings that may differ between a run and its resumption (everything else must match)
+_RESUMABLE_CHANGES = frozenset(
+    {"num_workers", "max_steps", "device", "tensorboard", "log_every", "checkpoint_every_steps", "data_root"}
+)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class LabelledData:
+    """Training and validation datasets of (PIL image, label) and the class names (index = label)."""
+
+    train: Dataset
+    val: Dataset | None
+    classes: list[str]
+
+
+def load_labelled_data(
+    data: str | os.PathLike,
+    *,
+    val_data: str | os.PathLike | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    data_root: str | None = None,
+) -> LabelledData:
+    """Training and validation data.
+
+    - ``"fashion-mnist"``: its train and test splits (``data_root``: where the IDX files are);
+    - a folder with ``train/`` and ``val/`` (or ``test/``) sub-folders, one sub-folder per class in each;
+    - a folder of class sub-folders (or one with only ``train/``): a seeded stratified ``val_fraction`` of
+      each class (at least one image) is held out; ``val_fraction=0`` trains on everything without validation;
+    - ``val_data``: an explicit validation folder (same class sub-folders) for any folder ``data``.
+    """
+    from vitmsn.data.folder import ImageFolderDataset, percent_subset
+    from vitmsn.eval.quickstart import labelled_splits
+
+    if str(data) == "fashion-mnist":
+        if val_data is not None:
+            raise ValueError(
+                "val_data cannot be combined with fashion-mnist (its test split is the validation)"
+            )
+        train, test, classes = labelled_splits("fashion-mnist", root=data_root)
+        return LabelledData(train, test, classes)
+    base = Path(data)
+    if not base.is_dir():
+        raise FileNotFoundError(f"{data} is neither 'fashion-mnist' nor a directory")
+    has_val = any((base / n).is_dir() for n in ("val", "test"))
+    if val_data is None and (base / "train").is_dir() and has_val:
+        train, val, classes = labelled_splits(str(base))
+        return LabelledData(train, val, classes)
+    full = ImageFolderDataset(base / "train" if (base / "train").is_dir() else base, labelled=True)
+    classes = list(full.classes)
+    if val_data is not None:
+        val = ImageFolderDataset(val_data, labelled=True)
+        if list(val.classes) != classes:
+            raise ValueError(f"{val_data} has other classes than {data}: {val.classes} vs {classes}")
+        return LabelledData(full, val, classes)
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if val_fraction == 0:
+        return LabelledData(full, None, classes)
+    targets = np.asarray(full.targets)
+    val_idx = percent_subset(targets, 100 * val_fraction, seed=seed)
+    train_idx = np.setdiff1d(np.arange(len(full)), val_idx)
+    missing = sorted(set(range(len(classes))) - set(targets[train_idx].tolist()))
+    if missing:
+        raise ValueError(
+            f"classes {[classes[i] for i in missing]} have too few images to hold some out for validation; "
+            "add images, pass a val folder, or val_fraction=0"
+        )
+    return LabelledData(Subset(full, train_idx.tolist()), Subset(full, val_idx.tolist()), classes)
+
+
+class _Rescale:
+    """x * factor (the processor's ``rescale_factor``), picklable for DataLoader workers."""
+
+    def __init__(self, factor: float):
+        self.factor = factor
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+    def __repr__(self) -> str:
+        return f"Rescale(factor={self.factor})"
+
+
+def _channel_stats(value: float | Sequence[float], channels: int) -> list[float]:
+    return [float(value)] * channels if isinstance(value, int | float) else [float(v) for v in value]
+
+
+def train_transform(
+    processor: Any, image_size: int | Sequence[int], *, augment: bool = True,
+    crop_scale: tuple[float, float] = (0.08, 1.0), num_channels: int = 3,
+) -> v2.Compose:  # fmt: skip
+    """PIL image -> (C, H, W) float32 as the processor would make it, with training augmentation.
+
+    The size is the processor's ``{"height", "width"}`` (else ``image_size``), the interpolation its
+    ``resample`` filter; then the processor's rescale factor and mean/std. ``augment``: RandomResizedCrop
+    (``crop_scale``) + horizontal flip; otherwise a plain resize, which gives the processor's numbers.
+    """
+    size = processor.size
+    if "height" in size:
+        hw = (size["height"], size["width"])
+    else:
+        hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    from PIL.Image import Resampling
+
+    interpolation = InterpolationMode(Resampling(processor.resample).name.lower())
+    steps: list[Any] = (
+        [v2.RandomResizedCrop(hw, scale=crop_scale, interpolation=interpolation, antialias=True),
+         v2.RandomHorizontalFlip()]
+        if augment
+        else [v2.Resize(hw, interpolation=interpolation, antialias=True)] if processor.do_resize else []
+    )  # fmt: skip
+    steps += [v2.ToImage(), v2.RGB() if num_channels == 3 else v2.Grayscale(1), v2.ToDtype(torch.float32)]
+    if processor.do_rescale:
+        steps.append(_Rescale(processor.rescale_factor))
+    if processor.do_normalize:
+        steps.append(
+            v2.Normalize(
+                _channel_stats(processor.image_mean, num_channels),
+                _channel_stats(processor.image_std, num_channels),
+            )
+        )
+    return v2.Compose(steps)
+
+
+class ProcessorTransform:
+    """PIL image -> (C, H, W) float32 through the image processor itself (evaluation)."""
+
+    def __init__(self, processor: Any):
+        self.processor = processor
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        return self.processor(image, return_tensors="pt")["pixel_values"][0]
+
+
+class _Mapped(Dataset):
+    """(image, label) -> (transform(image), label), with no RNG side effects (evaluation)."""
+
+    def __init__(self, base: Dataset, transform: Any):
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image, label = self.base[i]
+        return self.transform(image), int(label)
+
+
+# ------------------------------------------------------------------------------------ optimizer groups
+
+
+_BLOCK_RE = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+_EMBEDDINGS = ("cls_token", "pos_embed", "mask_token", "patch_embed")
+
+
+def layer_id(name: str, num_layers: int) -> int:
+    """0 for the embeddings, ``i + 1`` for ``blocks.i``, ``num_layers + 1`` for the final norm and heads."""
+    m = _BLOCK_RE.search(name)
+    if m:
+        return int(m.group(1)) + 1
+    bare = name.removeprefix("vit.")
+    if bare.startswith(_EMBEDDINGS):
+        return 0
+    return num_layers + 1
+
+
+def finetune_param_groups(
+    model: nn.Module, weight_decay: float, layer_decay: float | None = None
+) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases, norms, CLS / position / mask tokens; with ``layer_decay`` each
+    layer's groups carry ``lr_scale = layer_decay ** (num_layers + 1 - layer_id)`` (embeddings the smallest,
+    final norm and classifier 1). Apply a learning rate with :func:`set_scaled_lr`."""
+    backbone = getattr(model, "vit", model)
+    skip_names = set(backbone.no_weight_decay())
+
+    def no_decay(name: str, p: torch.Tensor) -> bool:
+        return default_no_decay(name, p) or name.removeprefix("vit.") in skip_names
+
+    named = list(model.named_parameters())
+    if layer_decay is None:
+        groups = param_groups(named, weight_decay, no_decay=no_decay)
+        for g in groups:
+            g[LR_SCALE_KEY] = 1.0
+        return groups
+    if not 0 < layer_decay <= 1:
+        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+    depth = len(backbone.blocks) + 1
+    by_layer: dict[int, list[tuple[str, torch.Tensor]]] = {}
+    for name, p in named:
+        by_layer.setdefault(layer_id(name, depth - 1), []).append((name, p))
+    groups = []
+    for lid in sorted(by_layer):
+        for g in param_groups(by_layer[lid], weight_decay, no_decay=no_decay):
+            g[LR_SCALE_KEY] = layer_decay ** (depth - lid)
+            g["layer_id"] = lid
+            groups.append(g)
+    return groups
+
+
+def set_scaled_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
+    """Set ``lr = value * lr_scale`` on every group (``lr_scale`` 1 where absent)."""
+    for group in optimizer.param_groups:
+        group["lr"] = value * group.get(LR_SCALE_KEY, 1.0)
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device, *, bf16: bool = False, progress: bool = False
+) -> dict[str, float]:
+    """Mean cross-entropy (no smoothing) and top-1 accuracy (%) of a classifier over a loader of (pixels,
+    labels); the model's train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    try:
+        for pixels, labels in tqdm(loader, desc="evaluate", disable=not progress, leave=False, unit="batch"):
+            pixels, labels = pixels.to(device, non_blocking=True), labels.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(pixel_values=pixels).logits  # (B, num_labels)
+            loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+            correct += int((logits.argmax(-1) == labels).sum())
+            count += len(labels)
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("no validation images")
+    return {"loss": loss_sum / count, "accuracy": 100.0 * correct / count, "images": count}
+
+
+# ----------------------------------------------------------------------------------------------- runs
+
+
+def finetune_defaults() -> dict[str, Any]:
+    """The default value of every keyword argument of :func:`finetune`."""
+    return {
+        k: p.default
+        for k, p in inspect.signature(finetune).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def saved_settings(out: str | os.PathLike) -> dict[str, Any]:
+    """The settings of the run in ``out`` (its ``finetune.json``), e.g. to resume it with the same ones."""
+    path = Path(out) / SETTINGS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{out} holds no fine-tuning run ({SETTINGS_FILE} is missing)")
+    return json.loads(path.read_text())
+
+
+def _check_run_folder(out: Path, settings: dict[str, Any], resume: bool) -> None:
+    latest = out / "checkpoints" / LATEST
+    if not resume:
+        if latest.exists():
+            raise FileExistsError(
+                f"{out} already holds a run; pass --resume to continue it, or choose another --out"
+            )
+        return
+    if not latest.exists():
+        raise FileNotFoundError(f"nothing to resume: {latest} does not exist")
+    saved = saved_settings(out)
+    now = json.loads(json.dumps(settings))
+    diff = sorted(k for k in saved if k in now and saved[k] != now[k] and k not in _RESUMABLE_CHANGES)
+    if diff:
+        raise ValueError(
+            "the settings differ from the run being resumed: "
+            + ", ".join(f"{k} (run: {saved[k]!r}, now: {now[k]!r})" for k in diff)
+        )
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    from vitmsn.checkpoints import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def finetune(
+    model: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 5e-4,
+    min_lr: float = 1e-6,
+    weight_decay: float = 0.05,
+    warmup_epochs: float = 1.0,
+    label_smoothing: float = 0.1,
+    layer_decay: float | None = None,
+    augment: bool = True,
+    crop_scale: tuple[float, float] = (0.08, 1.0),
+    val_fraction: float = 0.1,
+    val_data: str | None = None,
+    clip_grad: float | None = None,
+    device: str | None = None,
+    bf16: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+    resume: bool = False,
+    progress: bool = True,
+    max_steps: int | None = None,
+    log_every: int = 10,
+    checkpoint_every_steps: int = 0,
+    tensorboard: bool = True,
+    data_root: str | None = None,
+) -> Path:
+    """Fine-tune ``model`` with a new classifier for the classes of ``data``; returns the run folder ``out``.
+
+    Args:
+        model: a ViT-MSN (or ViT) directory or Hub id; a bare encoder gets a newly initialised classifier.
+        data: ``"fashion-mnist"`` or an image folder (see :func:`load_labelled_data`).
+        out: the run folder; the best model goes to ``out/best``.
+        epochs, batch_size: the schedule spans ``epochs * (len(train) // batch_size)`` steps.
+        lr, min_lr: peak learning rate (reached after ``warmup_epochs``) and the end of the cosine.
+        weight_decay: AdamW weight decay (constant; not on biases, norms, CLS and position embeddings).
+        label_smoothing: of the training cross-entropy.
+        layer_decay: layer-wise lr decay: block ``i`` (1-based) learns at ``lr * decay ** (L + 1 - i)``, the
+            embeddings at ``lr * decay ** (L + 1)``, the final norm and the classifier at ``lr``.
+        augment: RandomResizedCrop (``crop_scale``) + flip for training, else a plain resize.
+        val_fraction, val_data: validation split (when ``data`` has no val/ folder) or an explicit folder.
+        clip_grad: clip the gradient norm to this value.
+        device, bf16: where to train (default cuda when available) and bfloat16 autocast.
+        seed: data order, augmentation, the validation split and the classifier's initialisation.
+        resume: continue the run in ``out`` from ``checkpoints/latest.pt``.
+        max_steps: stop after this many steps in total (the schedules still span all epochs; continue with
+            ``resume=True``).
+        log_every, checkpoint_every_steps: log.csv rows and extra checkpoints (0: only at epoch ends and stops).
+    """
+    from vitmsn.eval.predict import load_processor
+    from vitmsn.models.hf import ViTMSNForImageClassification
+
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("log_every", log_every)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    out = Path(out)
+    settings = {
+        "model": str(model), "data": str(data), "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "min_lr": min_lr, "weight_decay": weight_decay, "warmup_epochs": warmup_epochs,
+        "label_smoothing": label_smoothing, "layer_decay": layer_decay, "augment": augment,
+        "crop_scale": list(crop_scale), "val_fraction": val_fraction, "val_data": val_data, "clip_grad": clip_grad,
+        "bf16": bf16, "seed": seed, "num_workers": num_workers, "max_steps": max_steps, "log_every": log_every,
+        "checkpoint_every_steps": checkpoint_every_steps, "tensorboard": tensorboard, "data_root": data_root,
+        "device": device,
+    }  # fmt: skip
+    _check_run_folder(out, settings, resume)
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    seed_everything(seed)
+
+    # -- data and model
+    splits = load_labelled_data(
+        data, val_data=val_data, val_fraction=val_fraction, seed=seed, data_root=data_root
+    )
+    classes = splits.classes
+    id2label = {i: c for i, c in enumerate(classes)}
+    net = ViTMSNForImageClassification.from_pretrained(
+        model, num_labels=len(classes), id2label=id2label, label2id={c: i for i, c in id2label.items()},
+        ignore_mismatched_sizes=True,
+    ).to(dev)  # fmt: skip
+    processor = load_processor(model, net.config.image_size)
+    b = batch_size
+    if len(splits.train) < b:
+        logger.warning(
+            "only %d training images: batch size %d -> %d", len(splits.train), b, len(splits.train)
+        )
+        b = len(splits.train)
+    transform = train_transform(
+        processor, net.config.image_size, augment=augment, crop_scale=tuple(crop_scale),
+        num_channels=net.config.num_channels,
+    )  # fmt: skip
+    train_ds = SeededTransform(splits.train, transform, seed=seed)
+    sampler = GlobalBatchSampler(len(train_ds), b, seed=seed)
+    cuda = dev.type == "cuda"
+    loader = DataLoader(train_ds, batch_size=b, sampler=sampler, num_workers=num_workers, drop_last=True,
+                        pin_memory=cuda)  # fmt: skip
+    val_loader = None
+    if splits.val is not None:
+        val_loader = DataLoader(_Mapped(splits.val, ProcessorTransform(processor)), batch_size=b,
+                                num_workers=num_workers, pin_memory=cuda)  # fmt: skip
+    steps_per_epoch = sampler.batches_per_epoch
+    total_steps = steps_per_epoch * epochs
+    stop_at = min(total_steps, max_steps) if max_steps else total_steps
+    lr_schedule = Schedule("warmup_cosine", total_steps, 0.0, min_lr, ref=lr,
+                           warmup_steps=round(warmup_epochs * steps_per_epoch))  # fmt: skip
+    optimizer = torch.optim.AdamW(finetune_param_groups(net, weight_decay, layer_decay), lr=lr)
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
+
+    # -- state: what a checkpoint holds besides weights and optimizer
+    step, best_acc, best_loss, best_epoch = 0, -1.0, float("inf"), 0
+    history: list[dict[str, Any]] = []
+    running = [0.0, 0, 0]  # this epoch's training loss sum, correct predictions, images
+    if resume:
+        state = load_checkpoint(out / "checkpoints" / LATEST)
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, best_epoch = int(state["step"]), int(state["best_epoch"])
+        best_acc, best_loss = float(state["best_acc"]), float(state["best_loss"])
+        history, running = list(state["history"]), list(state["running"])
+        set_rng_state(state["rng"])
+        logger.info("resumed %s at step %d", out, step)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / SETTINGS_FILE, settings)
+    log = MetricLogger(out, tensorboard=tensorboard)
+    log.truncate_after(step)
+    meta = {"model": str(model), "data": str(data), "classes": classes, "train_images": len(splits.train),
+            "val_images": len(splits.val) if splits.val is not None else 0, "steps_per_epoch": steps_per_epoch,
+            "total_steps": total_steps}  # fmt: skip
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            {"step": step, "model": net.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
+             "best_acc": best_acc, "best_loss": best_loss, "best_epoch": best_epoch, "history": history, "running": running,
+             "settings": settings},
+            out / "checkpoints" / LATEST,
+        )  # fmt: skip
+
+    def write_metrics() -> None:
+        _write_json(out / "metrics.json", {**meta, "step": step, "finished": step >= total_steps,
+                                           "best_epoch": best_epoch or None,
+                                           "best_val_accuracy": best_acc if best_acc >= 0 else None,
+                                           "epochs": history})  # fmt: skip
+
+    net.train()
+    bar = tqdm(
+        total=stop_at, initial=step, disable=not progress, desc="finetune", unit="step", dynamic_ncols=True
+    )
+    t0, seen = time.perf_counter(), 0
+    try:
+        while step < stop_at:
+            epoch, start_batch = divmod(step, steps_per_epoch)
+            sampler.set_epoch(epoch, start_batch)
+            train_ds.set_epoch(epoch)
+            for pixels, labels in loader:
+                cur_lr = lr_schedule(step + 1)
+                set_scaled_lr(optimizer, cur_lr)
+                pixels = pixels.to(dev, non_blocking=True)  # (b, C, H, W)
+                labels = labels.to(dev, non_blocking=True)  # (b,)
+                with amp:
+                    logits = net(pixel_values=pixels).logits  # (b, num_labels)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise NonFiniteLossError(
+                        f"the loss became {loss_value} at step {step}; the last good checkpoint is "
+                        f"{out / 'checkpoints' / LATEST}. Lower lr or turn bf16 off, then resume."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = (
+                    float(torch.nn.utils.clip_grad_norm_(net.parameters(), clip_grad))
+                    if clip_grad
+                    else float("nan")
+                )
+                optimizer.step()
+                step += 1
+
+                # -- running metrics, logs, progress
+                running[0] += loss_value * len(labels)
+                running[1] += int((logits.detach().argmax(-1) == labels).sum())
+                running[2] += len(labels)
+                seen += len(labels)
+                train_loss, train_acc = running[0] / running[2], 100.0 * running[1] / running[2]
+                metrics: dict[str, Any] = {
+                    "epoch": epoch, "loss": loss_value, "train_loss": train_loss, "train_acc": train_acc,
+                    "lr": cur_lr, "grad_norm": grad_norm, "images_per_s": seen / max(time.perf_counter() - t0, 1e-9),
+                    "val_loss": None, "val_acc": None,  # filled at the end of an epoch (empty cells otherwise)
+                }  # fmt: skip
+                bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.1f}", lr=f"{cur_lr:.2e}")
+                bar.update(1)
+                end_of_epoch = step % steps_per_epoch == 0
+
+                # -- end of an epoch: evaluate, keep the best model (accuracy, then loss, decides)
+                if end_of_epoch:
+                    row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": cur_lr,
+                                           "train_loss": train_loss, "train_accuracy": train_acc}  # fmt: skip
+                    better = val_loader is None  # without validation: the latest epoch
+                    if val_loader is not None:
+                        val = evaluate(net, val_loader, dev, bf16=bf16)
+                        row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+                        metrics.update(val_loss=val["loss"], val_acc=val["accuracy"])
+                        better = (val["accuracy"], -val["loss"]) > (best_acc, -best_loss)
+                        if better:
+                            best_acc, best_loss = val["accuracy"], val["loss"]
+                    if better:
+                        best_epoch = epoch + 1
+                        net.save_pretrained(out / "best")
+                        processor.save_pretrained(out / "best")
+                    history.append(row)
+                    running = [0.0, 0, 0]
+                    summary = f"epoch {epoch + 1}/{epochs}: train loss {train_loss:.4f} acc {train_acc:.1f}%"
+                    if val_loader is not None:
+                        summary += f", val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.1f}%"
+                    if progress:  # above the bar, on stderr (stdout may carry JSON)
+                        bar.write(summary, file=sys.stderr)
+                    else:
+                        logger.info(summary)
+                if step % log_every == 0 or end_of_epoch or step == stop_at:
+                    log.log(step, metrics)
+                if end_of_epoch:
+                    write_metrics()
+                    checkpoint()
+                elif step == stop_at or (checkpoint_every_steps and step % checkpoint_every_steps == 0):
+                    checkpoint()
+                if step >= stop_at:
+                    break
+    finally:
+        bar.close()
+        log.close()
+    write_metrics()
+    if step >= total_steps:
+        logger.info(
+            "fine-tuning finished after %d steps; best model (epoch %d) in %s", step, best_epoch, out / "best"
+        )
+    else:
+        logger.info("stopped at step %d of %d; continue with resume", step, total_steps)
+    return out
