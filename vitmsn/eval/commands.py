@@ -249,15 +249,3 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
         "--layer", type=int, default=-1, help="block to show, negative from the end (default -1: last)"
     )
     sp.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-
-    register_lowshot(add)
-
-
-# =========================================================================================================
-# lowshot and quickstart: reserved for another developer. Their command functions and argument definitions
-# go below; register_lowshot(add) is called at the end of register() above.
-# =========================================================================================================
-
-
-def register_lowshot(add: Callable[..., argparse.ArgumentParser]) -> None:
-    """Reserved: the ``lowshot`` and ``quickstart`` subcommands (still registered by vitmsn.eval.quickstart)."""
