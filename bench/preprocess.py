@@ -1,7 +1,7 @@
 """Image preprocessing throughput: vitmsn's ViTImageProcessor against transformers' (PIL backend).
 
 Batches of 32 photographs (scikit-image's astronaut, coffee, chelsea, rocket, ... cropped to varied sizes,
-a few grayscale) as PIL images, resized to 224 x 224, rescaled and normalised into a (32, 3, 224, 224)
+as RGB PIL images), resized to 224 x 224, rescaled and normalised into a (32, 3, 224, 224)
 float32 tensor. Cases: vitmsn's PIL path (numerically identical to transformers' PIL backend), vitmsn's
 batched torch path (``backend="torch"``), transformers' PIL backend (``ViTImageProcessorPil``, what
 ``AutoImageProcessor.from_pretrained(..., backend="pil")`` gives) and, for reference, transformers' default
@@ -47,7 +47,7 @@ PHOTOS = (
 
 
 def photographs(n: int, seed: int = 0, max_side: int | None = None) -> list:
-    """``n`` PIL images: the photographs in turn, each a random crop of 40-100% of its height and width."""
+    """``n`` RGB PIL images: the photographs in turn, each a random crop of 40-100% of its height and width."""
     import numpy as np
     import PIL.Image
     import skimage.data
@@ -62,7 +62,8 @@ def photographs(n: int, seed: int = 0, max_side: int | None = None) -> list:
         if max_side:
             ch, cw = min(ch, max_side), min(cw, max_side)
         y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        images.append(PIL.Image.fromarray(np.ascontiguousarray(a[y : y + ch, x : x + cw])))
+        # grayscale photographs as RGB: transformers' processor does not convert them by default
+        images.append(PIL.Image.fromarray(np.ascontiguousarray(a[y : y + ch, x : x + cw])).convert("RGB"))
     return images
 
 
