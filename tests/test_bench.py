@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("timm")
 
-from bench import ab, common, inference, masking, preprocess, report  # noqa: E402
+from bench import ab, common, inference, masking, preprocess, pretrain_step, report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MACHINE_KEYS = {"cpu", "cores", "torch", "torch_threads", "date", "loadavg", "loadavg_end", "cuda"}
@@ -96,7 +96,59 @@ def test_ab(results_dir):
     assert all(r["max_abs_diff_vs_reference"] < 1e-4 for r in rows)
 
 
-@pytest.mark.parametrize("name", ["pretrain_step", "lowshot"])
+def test_pretrain_step(results_dir):
+    pytest.importorskip("lightly")
+    pretrain_step.main(["--quick", "--threads", "1", "--results-dir", str(results_dir)])
+    data = read(results_dir, "pretrain_step")
+    res = data["results"]
+    assert res["lightly"] == {"used": True}
+    assert "skipped" in res["gpu"] or "configs" in res["gpu"]
+    configs = res["cpu"]["configs"]
+    assert [c["config"] for c in configs] == list(pretrain_step.CONFIGS)
+    for c in configs:
+        assert {r["side"] for r in c["rows"]} == {"vitmsn", "lightly"}
+        assert all(r["images_per_s"] > 0 and r["peak_memory_mb"] > 0 for r in c["rows"])
+        assert c["speedup"] > 0 and c["memory_ratio"] > 0
+        assert c["kept_tokens"]["vitmsn"] == c["kept_tokens"]["lightly"]  # the same masking ratio
+        assert c["settings"]["batch_size"] == pretrain_step.CONFIGS[c["config"]]["quick"]["batch_size"]
+        # the same weights, views and kept tokens give the same loss and gradient norm on both sides
+        first, second = c["parity"]["steps"]
+        assert first["loss_abs_diff"] < 1e-4 and first["grad_norm_rel_diff"] < 1e-4
+        assert second["loss_abs_diff"] < 1e-3
+        for side in ("vitmsn", "lightly"):
+            assert c["memory"][side]["rss_increase_mb"] > 0
+    assert len(data["targets"]) == 2 * len(configs)
+    assert data["config"]["settings"]["fashion-mnist"]["rand_size"] == 28
+
+
+def test_pretrain_step_without_lightly(tmp_path, monkeypatch):
+    # lightly not importable: the script still runs, times vitmsn alone and says why
+    for mod in [m for m in sys.modules if m == "lightly" or m.startswith("lightly.")] + ["lightly"]:
+        monkeypatch.setitem(sys.modules, mod, None)  # None in sys.modules: import raises ImportError
+    ok, why = pretrain_step.lightly_available()
+    assert not ok and "lightly" in why
+    pretrain_step.main(
+        [
+            "--quick",
+            "--threads",
+            "1",
+            "--repeats",
+            "1",
+            "--configs",
+            "fashion-mnist",
+            "--results-dir",
+            str(tmp_path),
+        ]
+    )
+    data = read(tmp_path, "pretrain_step")
+    assert data["results"]["lightly"]["used"] is False
+    assert data["results"]["lightly"]["skipped"].startswith("skipped: lightly is not importable")
+    (c,) = data["results"]["cpu"]["configs"]
+    assert [r["side"] for r in c["rows"]] == ["vitmsn"] and "parity" not in c
+    assert data["targets"] == []
+
+
+@pytest.mark.parametrize("name", ["lowshot"])
 def test_todo_stubs_say_so(results_dir, name):
     proc = subprocess.run(
         [sys.executable, f"bench/{name}.py", "--quick", "--results-dir", str(results_dir)],
