@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("timm")
 
-from bench import ab, common, inference, masking, preprocess, pretrain_step, report  # noqa: E402
+from bench import ab, common, inference, lowshot, masking, preprocess, pretrain_step, report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MACHINE_KEYS = {"cpu", "cores", "torch", "torch_threads", "date", "loadavg", "loadavg_end", "cuda"}
@@ -148,18 +148,36 @@ def test_pretrain_step_without_lightly(tmp_path, monkeypatch):
     assert data["targets"] == []
 
 
-@pytest.mark.parametrize("name", ["lowshot"])
-def test_todo_stubs_say_so(results_dir, name):
-    proc = subprocess.run(
-        [sys.executable, f"bench/{name}.py", "--quick", "--results-dir", str(results_dir)],
+def test_lowshot_as_a_script(results_dir):
+    pytest.importorskip("sklearn")
+    from vitmsn.data.fashion_mnist import load_fashion_mnist
+
+    try:
+        load_fashion_mnist("test", download=False)
+    except FileNotFoundError:
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    subprocess.run(
+        [sys.executable, "bench/lowshot.py", "--quick", "--threads", "1", "--results-dir", str(results_dir)],
         cwd=ROOT,
+        check=True,
         capture_output=True,
-        text=True,
-        timeout=60,
+        timeout=300,
     )
-    assert proc.returncode != 0
-    assert "not written yet: needs the pretraining module" in proc.stderr
-    assert not (results_dir / f"{name}.json").exists()
+    data = read(results_dir, "lowshot")
+    cpu = data["results"]["cpu"]
+    rows = {r["phase"]: r for r in cpu["rows"]}
+    assert rows["train features"]["images"] == lowshot.QUICK_TRAIN == data["config"]["train_images"]
+    assert rows["test features"]["images"] == lowshot.QUICK_TEST
+    assert all(r["median_s"] > 0 for r in cpu["rows"])
+    assert [r["shots"] for r in cpu["logistic_regression"]] == list(lowshot.SHOTS)
+    assert all(
+        r["splits"] == 3 and r["test_images"] == lowshot.QUICK_TEST for r in cpu["logistic_regression"]
+    )
+    assert cpu["logistic_regression"][0]["train_images"] == 10  # 1 per class, 10 classes
+    assert cpu["knn"]["k"] == 20 and cpu["knn"]["train_images"] == lowshot.QUICK_TRAIN
+    assert data["config"]["model_config"]["hidden_size"] == 128
+    assert "skipped" in data["results"]["gpu"] or "rows" in data["results"]["gpu"]
+    assert data["targets"] == []
 
 
 def test_report_renders(results_dir, tmp_path):
