@@ -25,10 +25,10 @@ SCRIPTS = {
     "ab": "A/B of the CPU fast path's parts (what vitmsn ships, what was tried)",
     "masking": "MSN token dropping: forward + backward vs keep ratio",
     "preprocess": "image preprocessing: vitmsn vs transformers",
-    "pretrain_step": None,
-    "lowshot": None,
+    "pretrain_step": "MSN pretraining step: vitmsn vs lightly's MSN parts (images/s, peak memory)",
+    "lowshot": "low-shot evaluation wall time: features + logistic regression on Fashion-MNIST 60k/10k",
 }
-TODO = "not written yet: needs the pretraining module"
+NOT_MEASURED = "not measured yet"
 
 
 def load_results(results_dir: Path) -> dict[str, dict]:
@@ -281,6 +281,164 @@ def render_preprocess(d: dict) -> str:
     return "\n".join(out)
 
 
+def _pretrain_tables(configs: list[dict]) -> list[str]:
+    out = ["", "Configurations (the same for both sides; kept tokens include the class token):", ""]
+    rows = []
+    for c in configs:
+        s = c["settings"]
+        params = c["trainable_params"]
+        rows.append(
+            [
+                c["config"],
+                c["device"] + (" bf16" if s["bf16"] else ""),
+                s["batch_size"],
+                f"D{s['hidden_size']} x {s['num_hidden_layers']}, {s['num_attention_heads']} heads, "
+                f"patch {s['patch_size']}",
+                f"{s['rand_size']} / {s['focal_size']} px",
+                f"1 + {s['rand_views']} + {s['focal_views']}",
+                " / ".join(str(v) for v in c.get("kept_tokens", {"vitmsn": 1 + s["kept_patches"]}).values()),
+                f"{s['head_hidden_dim']} / {s['head_output_dim']} / {s['num_prototypes']}",
+                "yes" if s["use_sinkhorn"] else "no",
+                " / ".join(f"{v / 1e6:.2f}M" for v in params.values()),
+            ]
+        )
+    out.append(
+        table(
+            [
+                "config",
+                "device",
+                "batch",
+                "ViT",
+                "rand / focal size",
+                "views (target + rand + focal)",
+                "kept tokens (vitmsn / lightly)",
+                "head hidden / out / prototypes",
+                "Sinkhorn",
+                "trainable params (vitmsn / lightly)",
+            ],
+            rows,
+        )
+    )
+    out += ["", "Images/s = batch / median seconds per step; peak memory: see the notes below.", ""]
+    rows = []
+    for c in configs:
+        for r in c["rows"]:
+            rows.append(
+                [
+                    c["config"],
+                    r["side"],
+                    f(r["images_per_s"], 1),
+                    f(r["median_s"] * 1e3),
+                    f(r["peak_memory_mb"], 0),
+                    f"{c['repeats']} x {c['steps_per_repeat']}",
+                ]
+            )
+    out.append(
+        table(
+            ["config", "side", "images/s", "ms / step", "peak memory, MiB (see notes)", "repeats x steps"],
+            rows,
+        )
+    )
+    with_lightly = [c for c in configs if "speedup" in c]
+    if with_lightly:
+        out += ["", "vitmsn / lightly, and the parity check (same weights, views and kept tokens):", ""]
+        rows = []
+        for c in with_lightly:
+            first, second = c["parity"]["steps"]
+            rows.append(
+                [
+                    c["config"],
+                    f"{c['speedup']:.3f}x",
+                    f"{c['memory_ratio']:.3f}x",
+                    f"{first['loss_vitmsn']:.6f} / {first['loss_lightly']:.6f}",
+                    f"{first['grad_norm_rel_diff']:.1e}",
+                    f"{second['loss_vitmsn']:.6f} / {second['loss_lightly']:.6f}",
+                ]
+            )
+        out.append(
+            table(
+                [
+                    "config",
+                    "images/s",
+                    "peak memory",
+                    "loss, step 0 (vitmsn / lightly)",
+                    "grad norm rel. diff, step 0",
+                    "loss, step 1 (vitmsn / lightly)",
+                ],
+                rows,
+            )
+        )
+    return out
+
+
+def render_pretrain_step(d: dict) -> str:
+    res = d["results"]
+    out = [
+        "One MSN training step (masked random anchor and focal anchors through the online encoder and head, "
+        "target through the EMA copy, MSN loss, backward, clipping, AdamW, EMA update) on synthetic views: "
+        "data loading is not timed. vitmsn and lightly steps are timed interleaved."
+    ]
+    if not res["lightly"]["used"]:
+        out += ["", f"lightly's side: {res['lightly']['skipped']}; vitmsn alone, no targets."]
+    out += _pretrain_tables(res["cpu"]["configs"])
+    gpu = res.get("gpu", {})
+    if "configs" in gpu:
+        out += ["", "#### GPU (bf16 autocast)"] + _pretrain_tables(gpu["configs"])
+    else:
+        out.append(gpu_line(gpu))
+    return "\n".join(out)
+
+
+def render_lowshot(d: dict) -> str:
+    cfg, cpu = d["config"], d["results"]["cpu"]
+    out = [
+        f"Model: {cfg['model']} ({cfg['model_config'].get('hidden_size')} wide, "
+        f"{cfg['model_config'].get('num_hidden_layers')} blocks, patch {cfg['model_config'].get('patch_size')}, "
+        f"{cfg['model_config'].get('image_size')} px); {cfg['train_images']} train / {cfg['test_images']} test "
+        f"images; feature batch {cfg['batch_size']}, {cfg['num_workers']} DataLoader workers, pooling "
+        f"`{cfg['pool']}`; {cfg['threads']} threads for torch and scikit-learn; median of {cfg['repeats']} "
+        "run(s). Each phase is timed on its own.",
+        "",
+    ]
+    out.append(
+        table(
+            ["phase", "seconds", "images", "images/s"],
+            [
+                [
+                    r["phase"],
+                    f(r["median_s"], 2),
+                    r.get("images", ""),
+                    f(r["images_per_s"], 0) if "images" in r else "",
+                ]
+                for r in cpu["rows"]
+            ]
+            + [["**total**", f(cpu["total_s"], 2), "", ""]],
+        )
+    )
+    out += ["", "Logistic regression (every fit also predicts the whole test split):", ""]
+    out.append(
+        table(
+            ["labels per class", "splits", "train images per fit", "seconds", "seconds per fit"],
+            [
+                [r["shots"], r["splits"], r["train_images"], f(r["seconds"], 2), f(r["seconds_per_fit"], 3)]
+                for r in cpu["logistic_regression"]
+            ],
+        )
+    )
+    gpu = d["results"].get("gpu", {})
+    if "rows" in gpu:
+        out += ["", "GPU feature extraction:", ""]
+        out.append(
+            table(
+                ["phase", "seconds", "images/s"],
+                [[r["phase"], f(r["median_s"], 2), f(r.get("images_per_s"), 0)] for r in gpu["rows"]],
+            )
+        )
+    else:
+        out.append(gpu_line(gpu))
+    return "\n".join(out)
+
+
 def render_generic(d: dict) -> str:
     return "```json\n" + json.dumps(d["results"], indent=1)[:4000] + "\n```"
 
@@ -291,6 +449,8 @@ RENDER = {
     "ab": render_ab,
     "masking": render_masking,
     "preprocess": render_preprocess,
+    "pretrain_step": render_pretrain_step,
+    "lowshot": render_lowshot,
 }
 
 
@@ -304,13 +464,14 @@ def render(results: dict[str, dict], notes: str | None = None) -> str:
         "<!-- Generated by `python bench/report.py` from bench/results/*.json and bench/notes.md; "
         "edit those, not this file. -->",
         "",
-        "Run every benchmark, then this report (about 15 minutes on 2 cores; run on a quiet machine — the "
-        "load average is recorded with each result):",
+        "Run every benchmark, then this report (about 15 minutes on 2 cores for the first five, a few more for "
+        "pretrain_step and lowshot; run on a quiet machine — the load average is recorded with each result):",
         "",
         "```bash",
         'pip install -e ".[bench]"',
         "python bench/matmul_peak.py && python bench/inference.py && python bench/ab.py && "
-        "python bench/masking.py && python bench/preprocess.py",
+        "python bench/masking.py && python bench/preprocess.py && python bench/pretrain_step.py && "
+        "python bench/lowshot.py",
         "python bench/report.py",
         "```",
         "",
@@ -323,10 +484,8 @@ def render(results: dict[str, dict], notes: str | None = None) -> str:
     rows = []
     for name, what in SCRIPTS.items():
         d = results.get(name)
-        if what is None:
-            rows.append([f"`bench/{name}.py`", "TODO", f"**{TODO}**; no results"])
-        elif d is None:
-            rows.append([f"`bench/{name}.py`", what, "no result file yet"])
+        if d is None:
+            rows.append([f"`bench/{name}.py`", what, f"{NOT_MEASURED} (no result file)"])
         else:
             kind = "quick smoke run only" if d.get("quick") else "measured"
             rows.append([f"`bench/{name}.py`", what, f"{kind}, {d['machine']['date']}"])
@@ -351,17 +510,18 @@ def render(results: dict[str, dict], notes: str | None = None) -> str:
     for name in [*SCRIPTS, *sorted(set(results) - set(SCRIPTS))]:
         d = results.get(name)
         if d is None:
+            parts += [
+                f"## {name}",
+                "",
+                f"{NOT_MEASURED.capitalize()}: no `{name}.json` in the results.",
+                "",
+            ]
             continue
         parts += [f"## {name}", "", header(d), "", RENDER.get(name, render_generic)(d), ""]
         for note in d.get("notes", []):
             parts.append(f"- {note}")
-    parts += [
-        "## pretrain_step, lowshot",
-        "",
-        f"TODO — {TODO}. The scripts exist as stubs that exit with this "
-        "message; no numbers are reported for them.",
-        "",
-    ]
+        if d.get("notes"):
+            parts.append("")
     if notes:
         parts += [notes.strip(), ""]
     return "\n".join(parts)

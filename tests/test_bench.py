@@ -185,13 +185,21 @@ def test_report_renders(results_dir, tmp_path):
     out = report.main(["--results-dir", str(results_dir), "--out", str(tmp_path / "B.md")])
     text = out.read_text()
     assert text.startswith("# Benchmarks")
-    for name in ("matmul_peak", "inference", "masking", "ab"):
+    for name in ("matmul_peak", "inference", "masking", "ab", "pretrain_step"):
         assert f"## {name}" in text
     assert "QUICK RUN" in text
-    assert "not written yet: needs the pretraining module" in text
+    assert "not written yet" not in text
     assert "| vit_small_patch16_224 | 1 |" in text
+    assert "| fashion-mnist | vitmsn |" in text and "| fashion-mnist | lightly |" in text
+    assert "pretrain_step (quick) | fashion-mnist cpu b16: vitmsn / lightly images/s" in text
+    if (results_dir / "lowshot.json").exists():  # skipped without Fashion-MNIST
+        assert "| train features |" in text and "| 10 | 3 | 100 |" in text
 
 
 def test_report_with_no_results(tmp_path):
     out = report.main(["--results-dir", str(tmp_path), "--out", str(tmp_path / "B.md")])
-    assert "No results with targets yet." in out.read_text()
+    text = out.read_text()
+    assert "No results with targets yet." in text
+    for name in report.SCRIPTS:  # every script listed, none measured
+        assert f"| `bench/{name}.py` |" in text and f"## {name}" in text
+    assert text.lower().count("not measured yet") == 2 * len(report.SCRIPTS)
