@@ -29,19 +29,18 @@ class Shapes(torch.utils.data.Dataset):
 
     def __init__(self, n: int = 32, size: int = 32, seed: int = 0):
         rng = np.random.default_rng(seed)
-        self.images = []
-        for _ in range(n):
-            img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+        self.images = np.zeros((n, size, size, 3), dtype=np.uint8)  # held in memory: batched views possible
+        for img in self.images:
+            img[:] = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
             s = int(rng.integers(6, 16))
             y, x = rng.integers(0, size - s, 2)
             img[y: y + s, x: x + s] = rng.integers(150, 255, 3, dtype=np.uint8)
-            self.images.append(Image.fromarray(img))
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int):
-        return self.images[i], 0
+        return Image.fromarray(self.images[i]), 0
 
 
 def tiny_config(out: Path, **kw) -> PretrainConfig:
@@ -83,7 +82,9 @@ ZERO_GRADIENT = {"encoder.norm.bias", "head.fc.fc1.bias", "head.fc.fc2.bias", "h
                  "head.fc.bn2.running_mean"}
 
 
-@pytest.mark.parametrize("kw", [{"use_sinkhorn": True}, {"use_sinkhorn": False, "mask_per_sample": True}])
+@pytest.mark.parametrize("kw", [{"use_sinkhorn": True, "view_maker": "workers"},
+                                {"use_sinkhorn": False, "mask_per_sample": True, "view_maker": "workers"},
+                                {"use_sinkhorn": True, "view_maker": "batched"}])
 def test_ddp_two_processes_equal_one(tmp_path, kw):
     """2 gloo processes with half the batch each = 1 process with the whole batch: loss and weights."""
     from vitmsn.msn.train import pretrain
@@ -145,16 +146,18 @@ SMALL = ["--set", "hidden_size=32", "--set", "num_hidden_layers=2", "--set", "nu
          "--epochs", "3", "--no-progress"]
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("view_maker", ["batched", "workers"])
+def test_killed_run_resumes_to_the_same_weights(tmp_path, view_maker):
     data = write_idx(tmp_path / "fm")
+    small = [*SMALL, "--set", f"view_maker={view_maker}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full = subprocess.run(cli("pretrain", "--preset", "fashion-mnist", "--data", str(data), "--out",
-                              str(tmp_path / "full"), *SMALL), env=env, capture_output=True, text=True, timeout=300)
+                              str(tmp_path / "full"), *small), env=env, capture_output=True, text=True, timeout=300)
     assert full.returncode == 0, full.stderr[-2000:]
 
     run = tmp_path / "killed"
     p = subprocess.Popen(cli("pretrain", "--preset", "fashion-mnist", "--data", str(data), "--out", str(run),
-                             *SMALL), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             *small), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = run / "checkpoints" / "latest.pt"
     deadline = time.time() + 120
     while time.time() < deadline:  # kill it mid-epoch (6 steps per epoch, 18 in all)
@@ -251,9 +254,10 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
 
     folder = tmp_path / "images"
     folder.mkdir()
-    for i, img in enumerate(Shapes(n=14).images):
-        img.save(folder / f"good_{i:02d}.png")
-    Shapes(n=1).images[0].save(folder / "truncated.jpg")
+    shapes = Shapes(n=14)
+    for i in range(len(shapes)):
+        shapes[i][0].save(folder / f"good_{i:02d}.png")
+    shapes[0][0].save(folder / "truncated.jpg")
     data = (folder / "truncated.jpg").read_bytes()
     (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
     (folder / "empty.png").write_bytes(b"")

@@ -41,6 +41,10 @@ class PretrainConfig:
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     num_workers: int = 4
+    # "workers": each image augmented by torchvision in DataLoader workers (any data set); "batched": a whole
+    # batch at once on the training device (vitmsn.msn.batch_views; needs images held in memory as one
+    # uint8 array, as Fashion-MNIST); "auto": batched when the data set allows it
+    view_maker: str = "auto"
     # -- masking (random anchor only; dropped tokens are never computed)
     patch_drop: float = 0.15
     mask_per_sample: bool = False  # False: one permutation per batch, as the original code
@@ -87,6 +91,8 @@ class PretrainConfig:
     def validate(self) -> None:
         if self.dataset not in ("folder", "fashion-mnist"):
             raise ValueError(f"dataset must be 'folder' or 'fashion-mnist', got {self.dataset!r}")
+        if self.view_maker not in ("auto", "workers", "batched"):
+            raise ValueError(f"view_maker must be 'auto', 'workers' or 'batched', got {self.view_maker!r}")
         if not 0.0 <= self.patch_drop < 1.0:
             raise ValueError(f"patch_drop must be in [0, 1), got {self.patch_drop}")
         for name in ("rand_size", "focal_size"):

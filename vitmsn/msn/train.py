@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
@@ -73,6 +74,74 @@ def build_views(cfg: PretrainConfig):
         focal_crop_scale=tuple(cfg.focal_crop_scale), color_jitter_strength=cfg.color_jitter,
         blur_prob=cfg.blur_prob, mean=tuple(cfg.mean), std=tuple(cfg.std), num_channels=cfg.num_channels,
     ))
+
+
+def in_memory_images(dataset: Dataset) -> torch.Tensor | None:
+    """A data set's images as one uint8 (N, C, H, W) tensor, when it holds them so (Fashion-MNIST); else None."""
+    arr = getattr(dataset, "images", None)
+    if arr is None or getattr(arr, "dtype", None) not in (np.uint8, torch.uint8) or arr.ndim not in (3, 4):
+        return None
+    t = torch.as_tensor(arr)
+    if t.ndim == 3:
+        return t[:, None]  # (N, 1, H, W)
+    if t.shape[-1] in (1, 3):  # (N, H, W, C)
+        return t.permute(0, 3, 1, 2)
+    return t if t.shape[1] in (1, 3) else None
+
+
+class WorkerViews:
+    """Batches of views made image by image in DataLoader workers: yields (views, skipped-file count)."""
+
+    def __init__(self, cfg: PretrainConfig, images: Dataset, sampler: GlobalBatchSampler, device: torch.device):
+        self.sampler = sampler
+        self.dataset = SeededTransform(images, build_views(cfg), seed=cfg.seed, count_skips=True)
+        self.loader = DataLoader(self.dataset, batch_size=sampler.b, sampler=sampler, num_workers=cfg.num_workers,
+                                 drop_last=True, pin_memory=device.type == "cuda")
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start_batch)
+        self.dataset.set_epoch(epoch)
+
+    def __iter__(self):
+        for views, _, skips in self.loader:
+            yield views, skips
+
+
+class BatchedViews:
+    """Batches of views made a batch at a time on the training device (:mod:`vitmsn.msn.batch_views`), from
+    images held in memory; the augmentations of a global batch depend on (seed, epoch, batch) only."""
+
+    def __init__(self, cfg: PretrainConfig, images: torch.Tensor, sampler: GlobalBatchSampler, device: torch.device):
+        from vitmsn.msn.batch_views import BatchViews
+
+        self.images, self.sampler, self.device, self.seed = images, sampler, device, cfg.seed
+        self.make_views = BatchViews(build_views(cfg).cfg)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start_batch)
+
+    def __iter__(self):
+        s, b = self.sampler, self.sampler.b
+        order = torch.tensor(list(s), dtype=torch.int64)  # this process's rows of the remaining batches
+        for i in range(len(order) // b):
+            batch = s.start_batch + i
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + s.epoch) * 1_000_033 + batch)
+            pixels = self.images[order[i * b: (i + 1) * b]].to(self.device, non_blocking=True)  # (b, C, H, W)
+            # the draws of the whole global batch, this process's rows: W processes = 1 process
+            views = self.make_views(pixels, g, offset=s.rank * b, total=b * s.world)
+            yield views, torch.zeros(1, dtype=torch.int64)
+
+
+def build_loader(cfg: PretrainConfig, images: Dataset, sampler: GlobalBatchSampler,
+                 device: torch.device) -> WorkerViews | BatchedViews:
+    """The view maker ``cfg.view_maker`` asks for (see :class:`PretrainConfig`)."""
+    pixels = in_memory_images(images) if cfg.view_maker != "workers" else None
+    if cfg.view_maker == "batched" and pixels is None:
+        raise ValueError("view_maker=batched needs a data set held in memory as one uint8 array (such as "
+                         "fashion-mnist); use view_maker=workers for image folders")
+    if pixels is not None:
+        return BatchedViews(cfg, pixels, sampler, device)
+    return WorkerViews(cfg, images, sampler, device)
 
 
 # ---------------------------------------------------------------------------------------------- state
@@ -186,12 +255,10 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({W})")
     b = cfg.batch_size // W
 
-    # -- data: the order depends on (seed, epoch), each augmentation on (seed, epoch, index)
+    # -- data: the order depends on (seed, epoch), each augmentation on (seed, epoch, index or batch)
     images = dataset if dataset is not None else build_dataset(cfg)
-    dataset = SeededTransform(images, build_views(cfg), seed=cfg.seed, count_skips=True)
-    sampler = GlobalBatchSampler(len(dataset), b, seed=cfg.seed, rank=dist.rank(), world_size=W)
-    loader = DataLoader(dataset, batch_size=b, sampler=sampler, num_workers=cfg.num_workers, drop_last=True,
-                        pin_memory=dev.type == "cuda")
+    sampler = GlobalBatchSampler(len(images), b, seed=cfg.seed, rank=dist.rank(), world_size=W)
+    loader = build_loader(cfg, images, sampler, dev)
     steps_per_epoch = sampler.batches_per_epoch
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
@@ -219,9 +286,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
     try:
         while state.step < total_steps:
             epoch, start_batch = divmod(state.step, steps_per_epoch)
-            sampler.set_epoch(epoch, start_batch)
-            dataset.set_epoch(epoch)
-            for views, _, skips in loader:
+            loader.set_epoch(epoch, start_batch)
+            for views, skips in loader:
                 step = state.step
                 # -- apply schedules (lr and weight decay as the original's pre-incremented counters)
                 lr, wd, momentum = sched["lr"](step + 1), sched["wd"](step + 1), sched["ema"](step)
@@ -310,6 +376,8 @@ def _check_run_folder(cfg: PretrainConfig, out: Path, resume: bool) -> PretrainC
     if not latest.exists():
         raise FileNotFoundError(f"nothing to resume: {latest} does not exist")
     saved = json.loads((out / "config.json").read_text())
+    if "view_maker" not in saved:  # a run from before batched views: its views were made in workers
+        cfg = dataclasses.replace(cfg, view_maker="workers")
     now = cfg.to_dict()
     diff = {k for k in saved if k in now and saved[k] != now[k] and k not in _RESUMABLE_CHANGES}
     if diff:
