@@ -8,7 +8,7 @@ labelled images per class, 3 seeded splits each, every fit predicting the 10k te
 20-NN on all 60k training labels. Each phase is timed on its own (wall time); feature extraction is also
 given in images/s.
 
-The model: a ViT of the ``fashion-mnist`` preset's shape (28 px, patch 4, D=128, 4 blocks) with random
+The model: a ViT of the ``fashion-mnist`` preset's shape (28 px, patch 7, D=128, 4 blocks) with random
 weights, saved with ``save_pretrained`` and loaded back as any model is, or ``--model DIR`` to time a trained
 one. The time of the protocol does not depend on the weights; the accuracies (written to the result file as
 a sanity check only) do, and mean nothing for random weights.

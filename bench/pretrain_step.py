@@ -14,8 +14,8 @@ and augmentation are excluded: only the model step is timed.
   kept tokens and ``update_momentum`` on a deep-copied target; the same AdamW parameter groups, lr, weight
   decay, clipping and momentum.
 
-Configurations: the ``fashion-mnist`` preset (28 px random view, 2 focal views of 12 px, batch 128, ViT with
-D=128, 4 blocks, patch 4) and ViT-S/16 (the ``vit-small/16`` preset: 224 px random view, 10 focal views of
+Configurations: the ``fashion-mnist`` preset (28 px random view, 2 focal views of 14 px, batch 128, ViT with
+D=128, 4 blocks, patch 7) and ViT-S/16 (the ``vit-small/16`` preset: 224 px random view, 10 focal views of
 96 px) with a small batch. Steps are timed interleaved (vitmsn, lightly, vitmsn, ...); images/s = batch /
 median seconds per step. Peak memory: each implementation builds its model and runs a few steps in a fresh
 subprocess; CPU: the peak resident set size (VmHWM, reset after the imports) minus the resident size after
