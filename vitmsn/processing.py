@@ -276,7 +276,7 @@ def _to_chw_array(image: Any, do_convert_rgb: bool | None, input_data_format: st
     if isinstance(image, PIL.Image.Image):
         array = _pil_to_rgb_array(image, do_convert_rgb)
         hwc = array[..., None] if array.ndim == 2 else array
-        return np.ascontiguousarray(np.moveaxis(hwc, -1, 0))
+        return np.moveaxis(hwc, -1, 0)  # a view: the PIL resize moves the axis back without a copy
 
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu()
@@ -359,7 +359,7 @@ def _pil_resize(chw: np.ndarray, out_hw: tuple[int, int], resample: int) -> np.n
         hwc = hwc[..., 0]
     if unit:  # floats in [0, 1]: x * 255 in float64, then float32, then truncated to uint8
         hwc = (hwc.astype(np.float64) * 255).astype(np.float32)
-    pil = PIL.Image.fromarray(hwc.astype(np.uint8))
+    pil = PIL.Image.fromarray(np.ascontiguousarray(hwc.astype(np.uint8, copy=False)))
     resized = np.array(pil.resize((out_hw[1], out_hw[0]), resample=resample))
     if resized.ndim == 2:
         resized = resized[..., None]

@@ -200,7 +200,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # runs these settings were chosen from), a small ViT, half the random anchor's patches dropped
     "fashion-mnist": {
         **_vit(128, 4, 4, 7), "dataset": "fashion-mnist", "rand_size": 28, "focal_size": 14,
-        "focal_views": 2, "mean": (0.286,) * 3, "std": (0.353,) * 3, "patch_drop": 0.5, "epochs": 6, "batch_size": 128,
+        "focal_views": 2, "mean": (0.286,) * 3, "std": (0.353,) * 3, "patch_drop": 0.5, "epochs": 7, "batch_size": 128,
         "lr": 3e-3, "warmup_epochs": 0.2, "ema_start": 0.99, "ema_end": 0.999,
         "head_hidden_dim": 512, "head_output_dim": 128,
         # Sinkhorn balances the targets of a batch of 128 over 64 prototypes; without it (256 prototypes)
