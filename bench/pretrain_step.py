@@ -6,8 +6,8 @@ loss against the prototypes, backward, gradient clipping, AdamW, EMA update. Inp
 tensors made once before timing (random normal, the shapes the data pipeline would give), so data loading
 and augmentation are excluded: only the model step is timed.
 
-- vitmsn: ``build_state``, ``schedules``, ``mask_for_step``, ``MSNLoss`` and ``ema_update`` from vitmsn.msn,
-  in the order of ``pretrain``'s loop (whose step is inline there, not a function).
+- vitmsn: ``train_step`` from vitmsn.msn.train, the step ``pretrain`` runs, with its ``build_state``,
+  ``schedules`` and ``mask_for_step``.
 - lightly: ``MaskedVisionTransformerTIMM`` around a timm ``VisionTransformer`` of the same shape
   (``dynamic_img_size=True`` so the focal views get interpolated position embeddings), ``MSNProjectionHead``,
   ``MSNLoss``, prototypes as a bias-free ``nn.Linear``, ``lightly.models.utils.random_token_mask`` for the
@@ -164,21 +164,12 @@ class VitmsnStep:
     def __init__(self, cfg, device):
         import torch
 
-        from vitmsn.msn.losses import MSNLoss
-        from vitmsn.msn.train import build_state, schedules
+        from vitmsn.msn.train import build_criterion, build_state, schedules
 
         self.cfg, self.device = cfg, torch.device(device)
         torch.manual_seed(cfg.seed)
         self.state = build_state(cfg, self.device)
-        self.criterion = MSNLoss(
-            cfg.rand_views + cfg.focal_views,
-            temperature=cfg.temperature,
-            sharpen_T=cfg.sharpen,
-            me_max_weight=cfg.me_max_weight,
-            entropy_weight=cfg.entropy_weight,
-            use_sinkhorn=cfg.use_sinkhorn,
-            label_smoothing=cfg.label_smoothing,
-        )
+        self.criterion = build_criterion(cfg)
         self.sched = schedules(cfg, STEPS_PER_EPOCH)
         self.num_patches = cfg.encoder_config().num_patches
         self.amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
@@ -187,35 +178,15 @@ class VitmsnStep:
         return count_params([*self.state.online.parameters(), self.state.prototypes.weight])
 
     def __call__(self, views, keep_idx=None):
-        """One step; returns (loss, grad norm before clipping) as tensors."""
-        import torch
-
-        from vitmsn.msn.schedules import ema_update, set_lr, set_weight_decay
-        from vitmsn.msn.train import mask_for_step
+        """One step (``vitmsn.msn.train.train_step``, what ``pretrain`` runs); returns (loss, grad norm)."""
+        from vitmsn.msn.train import mask_for_step, train_step
 
         cfg, state = self.cfg, self.state
-        step = state.step
-        lr, wd, momentum = self.sched["lr"](step + 1), self.sched["wd"](step + 1), self.sched["ema"](step)
-        set_lr(state.optimizer, lr)
-        set_weight_decay(state.optimizer, wd)
-        targets_in, rand, focal = _split(cfg, views)
         if keep_idx is None:
-            keep_idx = mask_for_step(cfg, step, rand.shape[0], self.num_patches, self.device)  # (R*b, K)
-        with self.amp:
-            anchor_z = state.online(rand, focal, keep_idx=keep_idx)  # ((R+F)*b, d)
-            with torch.no_grad():
-                target_z = state.target(targets_in)  # (b, d)
-        out = self.criterion(anchor_z.float(), target_z.float(), state.prototypes.weight)
-        loss = out.loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"vitmsn: the loss became {loss.item()} at step {step}")
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(state.online.parameters(), cfg.clip_grad)
-        state.optimizer.step()
-        ema_update(state.target, state.online, momentum)
-        state.step += 1
-        return loss.detach(), grad_norm
+            keep_idx = mask_for_step(cfg, state.step, cfg.rand_views * len(views[0]), self.num_patches,
+                                     self.device)  # (R*b, K)
+        out, grad_norm, _ = train_step(state, cfg, self.criterion, self.sched, list(views), keep_idx, amp=self.amp)
+        return out.loss.detach(), grad_norm
 
 
 # --------------------------------------------------------------------------------------------- lightly

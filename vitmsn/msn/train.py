@@ -235,6 +235,56 @@ def mask_for_step(cfg: PretrainConfig, step: int, global_batch: int, num_patches
 # ------------------------------------------------------------------------------------------- the loop
 
 
+def build_criterion(cfg: PretrainConfig) -> MSNLoss:
+    return MSNLoss(cfg.rand_views + cfg.focal_views, temperature=cfg.temperature, sharpen_T=cfg.sharpen,
+                   me_max_weight=cfg.me_max_weight, entropy_weight=cfg.entropy_weight,
+                   use_sinkhorn=cfg.use_sinkhorn, label_smoothing=cfg.label_smoothing)
+
+
+def train_step(state: MSNState, cfg: PretrainConfig, criterion: MSNLoss, sched: dict[str, Schedule],
+               views: list[torch.Tensor], keep_idx: torch.Tensor, *, online: torch.nn.Module | None = None,
+               amp: Any = None) -> tuple[Any, torch.Tensor, tuple[float, float, float]]:
+    """One MSN step on a batch of views ``[target, rand_1..R, focal_1..F]`` (each (b, C, H, W), on the device).
+
+    ``online`` is the network to call (``state.online`` or its DDP wrapper). Returns the loss terms, the
+    gradient norm before clipping, and the (lr, weight decay, momentum) the step used.
+    """
+    online = state.online if online is None else online
+    amp = amp if amp is not None else torch.autocast("cpu", enabled=False)
+    step = state.step
+    # -- schedules (lr and weight decay as the original's pre-incremented counters)
+    lr, wd, momentum = sched["lr"](step + 1), sched["wd"](step + 1), sched["ema"](step)
+    set_lr(state.optimizer, lr)
+    set_weight_decay(state.optimizer, wd)
+
+    # Step 1: views -> anchors (masked random views, focal views) and targets
+    targets_in = views[0]  # (b, C, H, W)
+    rand = torch.cat(views[1: 1 + cfg.rand_views])  # (R*b, C, H, W), view-major
+    focal = torch.cat(views[1 + cfg.rand_views:]) if cfg.focal_views else rand[:0]  # (F*b, C, h, w)
+    with amp:
+        anchor_z = online(rand, focal, keep_idx=keep_idx)  # ((R+F)*b, d)
+        with torch.no_grad():
+            target_z = state.target(targets_in)  # (b, d)
+
+    # Step 2: MSN loss, backward, prototype gradients summed over processes, clip, step
+    out = criterion(anchor_z.float(), target_z.float(), state.prototypes.weight)
+    if not torch.isfinite(out.loss):
+        raise NonFiniteLossError(f"the loss became {out.loss.item()} at step {step}")
+    state.optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    if state.prototypes.weight.grad is not None:
+        dist.all_reduce_sum_(state.prototypes.weight.grad)
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.online.parameters(), cfg.clip_grad) \
+        if cfg.clip_grad > 0 else torch.tensor(float("nan"))
+    state.optimizer.step()
+
+    # Step 3: momentum update of the target encoder and head
+    ema_update(state.target, state.online, momentum)
+    state.step += 1
+    return out, grad_norm, (lr, wd, momentum)
+
+
+
 def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = None, device: str | None = None,
              progress: bool = True, dataset: Dataset | None = None) -> Path:
     """Pretrain with MSN; returns the run folder (config.json, log.csv, checkpoints/).
@@ -268,10 +318,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
     # -- networks, prototypes, optimizer; the loss
     state = build_state(cfg, dev, init=None if resume else init)
     online = DistributedDataParallel(state.online) if W > 1 else state.online
-    num_views = cfg.rand_views + cfg.focal_views
-    criterion = MSNLoss(num_views, temperature=cfg.temperature, sharpen_T=cfg.sharpen,
-                        me_max_weight=cfg.me_max_weight, entropy_weight=cfg.entropy_weight,
-                        use_sinkhorn=cfg.use_sinkhorn, label_smoothing=cfg.label_smoothing)
+    criterion = build_criterion(cfg)
     if resume:
         state.load_state_dict(load_checkpoint(ckpt_dir / LATEST))
         logger.info("resumed %s at step %d", out, state.step)
@@ -289,44 +336,18 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
             loader.set_epoch(epoch, start_batch)
             for views, skips in loader:
                 step = state.step
-                # -- apply schedules (lr and weight decay as the original's pre-incremented counters)
-                lr, wd, momentum = sched["lr"](step + 1), sched["wd"](step + 1), sched["ema"](step)
-                set_lr(state.optimizer, lr)
-                set_weight_decay(state.optimizer, wd)
-
-                # Step 1: views -> anchors (masked random views, focal views) and targets
-                views = [v.to(dev, non_blocking=True) for v in views]
-                targets_in = views[0]  # (b, C, H, W)
-                rand = torch.cat(views[1: 1 + cfg.rand_views])  # (R*b, C, H, W), view-major
-                focal = torch.cat(views[1 + cfg.rand_views:]) if cfg.focal_views else rand[:0]  # (F*b, C, h, w)
-                keep_idx = mask_for_step(cfg, step, rand.shape[0] * W, num_patches, dev)  # (R*b, K)
-                with amp:
-                    anchor_z = online(rand, focal, keep_idx=keep_idx)  # ((R+F)*b, d)
-                    with torch.no_grad():
-                        target_z = state.target(targets_in)  # (b, d)
-
-                # Step 2: MSN loss, backward, prototype gradients summed over processes, clip, step
-                out_loss = criterion(anchor_z.float(), target_z.float(), state.prototypes.weight)
+                views = [v.to(dev, non_blocking=True) for v in views]  # [target, rand_1..R, focal_1..F], (b, ...)
+                keep_idx = mask_for_step(cfg, step, cfg.rand_views * b * W, num_patches, dev)  # (R*b, K)
+                try:
+                    out_loss, grad_norm, (lr, wd, momentum) = train_step(state, cfg, criterion, sched, views,
+                                                                         keep_idx, online=online, amp=amp)
+                except NonFiniteLossError as e:
+                    raise NonFiniteLossError(f"{e}; the last good checkpoint is {ckpt_dir / LATEST}. Lower lr or "
+                                             "turn bf16 off, then resume with --resume.") from None
                 loss = out_loss.loss
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"the loss became {loss.item()} at step {step}; the last good checkpoint is "
-                        f"{ckpt_dir / LATEST}. Lower lr or turn bf16 off, then resume with --resume."
-                    )
-                state.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if state.prototypes.weight.grad is not None:
-                    dist.all_reduce_sum_(state.prototypes.weight.grad)
-                grad_norm = torch.nn.utils.clip_grad_norm_(state.online.parameters(), cfg.clip_grad) \
-                    if cfg.clip_grad > 0 else torch.tensor(float("nan"))
-                state.optimizer.step()
-
-                # Step 3: momentum update of the target encoder and head
-                ema_update(state.target, state.online, momentum)
-                state.step += 1
 
                 # -- logs, progress, checkpoints
-                seen += rand.shape[0] // cfg.rand_views * W
+                seen += b * W
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
                 # loss terms of the global batch (each process computed those of its share)
                 terms = dist.all_reduce_mean_(torch.stack([loss, out_loss.ce, out_loss.entropy]).detach())
