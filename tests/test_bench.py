@@ -186,12 +186,13 @@ def test_report_renders(results_dir, tmp_path):
     text = out.read_text()
     assert text.startswith("# Benchmarks")
     for name in ("matmul_peak", "inference", "masking", "ab", "pretrain_step"):
-        assert f"## {name}" in text
+        assert f"## {name}" in text  # a section each, measured or "not measured yet"
     assert "QUICK RUN" in text
     assert "not written yet" not in text
     assert "| vit_small_patch16_224 | 1 |" in text
-    assert "| fashion-mnist | vitmsn |" in text and "| fashion-mnist | lightly |" in text
-    assert "pretrain_step (quick) | fashion-mnist cpu b16: vitmsn / lightly images/s" in text
+    if (results_dir / "pretrain_step.json").exists():  # skipped without lightly
+        assert "| fashion-mnist | vitmsn |" in text and "| fashion-mnist | lightly |" in text
+        assert "pretrain_step (quick) | fashion-mnist cpu b16: vitmsn / lightly images/s" in text
     if (results_dir / "lowshot.json").exists():  # skipped without Fashion-MNIST
         assert "| train features |" in text and "| 10 | 3 | 100 |" in text
 
