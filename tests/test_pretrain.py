@@ -110,7 +110,9 @@ def test_ddp_two_processes_equal_one(tmp_path, kw):
             assert diff.max() <= 1e-4 and (diff > 1e-5).float().mean() <= 1e-3, (part, k, diff.max())
     torch.testing.assert_close(two["prototypes"], one["prototypes"], atol=1e-5, rtol=0)
     loss = [np.loadtxt(tmp_path / r / "log.csv", delimiter=",", skiprows=1, usecols=3) for r in ("one", "two")]
-    np.testing.assert_allclose(loss[1][0], loss[0][0], atol=1e-5, rtol=0)  # the first step: same weights
+    # the first step: same weights; the loss (~4) is a sum in another order over processes, so a few ulp
+    # of relative error (seen: 3e-6 with batched views) are allowed beside the absolute 1e-5
+    np.testing.assert_allclose(loss[1][0], loss[0][0], atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(loss[1], loss[0], atol=1e-5, rtol=1e-5)
     # and the weights did change, the excluded ones by little
     for k in ZERO_GRADIENT:
