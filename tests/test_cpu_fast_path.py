@@ -58,6 +58,21 @@ def test_weights_changed_in_place_are_repacked(pair):
     torch.testing.assert_close(after, plain(ours, x).last_hidden_state, atol=ATOL, rtol=0)
 
 
+def test_unpacked_weights(pair):
+    """MSN's EMA target runs with weights reordered on the fly: same outputs, no packed copies made."""
+    _, path = pair
+    ours = vitmsn.ViTMSNModel.from_pretrained(path)
+    x = torch.randn(20, 3, 64, 64)
+    layers.release_packed_weights()
+    with torch.no_grad(), layers.unpacked_weights():
+        out = ours(x).last_hidden_state
+    assert not layers._PACKED._cache
+    torch.testing.assert_close(out, plain(ours, x).last_hidden_state, atol=ATOL, rtol=0)
+    with torch.no_grad():
+        ours(x)
+    assert id(ours.blocks[0].mlp.fc1.weight) in layers._PACKED._cache  # packing is back on afterwards
+
+
 def test_model_can_be_copied_and_saved_after_inference(pair):
     _, path = pair
     ours = vitmsn.ViTMSNModel.from_pretrained(path)
