@@ -65,10 +65,15 @@ def vit_flops(
     output projection 2 N D D, MLP 2 N D M twice (N = 1 + P tokens, M the MLP width).
     """
     P = (image_size // patch_size) ** 2
-    N, D, M = P + 1, hidden_size, intermediate_size
-    patch = 2 * P * (num_channels * patch_size**2) * D
-    block = 2 * N * D * 3 * D + 2 * N * N * D * 2 + 2 * N * D * D + 2 * N * D * M * 2
+    patch = 2 * P * (num_channels * patch_size**2) * hidden_size
+    block = block_flops(P + 1, hidden_size, intermediate_size)
     return {"patch_embed": patch, "per_block": block, "total": patch + num_hidden_layers * block}
+
+
+def block_flops(tokens: int, hidden_size: int, intermediate_size: int) -> int:
+    """Multiply-add FLOPs of one transformer block on one sequence of ``tokens`` tokens."""
+    N, D, M = tokens, hidden_size, intermediate_size
+    return 2 * N * D * 3 * D + 2 * N * N * D * 2 + 2 * N * D * D + 2 * N * D * M * 2
 
 
 def build_models(

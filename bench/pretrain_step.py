@@ -46,6 +46,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.matmul_peak import QUICK_SIZES, SIZES, measure_peak  # noqa: E402
 from bench.common import (  # noqa: E402
     ROOT,
     cuda_available,
@@ -149,6 +150,34 @@ def _split(cfg, views):
     rand = torch.cat(views[1 : 1 + cfg.rand_views])  # (R*b, C, H, W), view-major
     focal = torch.cat(views[1 + cfg.rand_views :]) if cfg.focal_views else rand[:0]  # (F*b, C, h, w)
     return targets_in, rand, focal
+
+
+def step_flops(cfg) -> dict[str, int]:
+    """Multiply-add FLOPs of one step (2 per MAC), as ``vit_flops`` counts them for inference.
+
+    Forward: the random anchors on their kept tokens, the focal anchors, the target (no gradient), the
+    projection head on every view and the prototype logits. Backward: 2 x the forward of everything with a
+    gradient (an upper bound by the patch embedding, whose input gradient is not needed). Element-wise work,
+    softmax, LayerNorm, the loss's Sinkhorn and the optimizer are not counted.
+    """
+    from bench.inference import block_flops
+    from vitmsn.msn.masking import num_kept_patches
+
+    D, M, L, p, C = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.patch_size, cfg.num_channels
+    h, o, K, b = cfg.head_hidden_dim, cfg.head_output_dim, cfg.num_prototypes, cfg.batch_size
+
+    def encoder(images: int, size: int, tokens: int | None = None) -> int:
+        P = (size // p) ** 2  # every patch is embedded; the blocks see the kept ones and the class token
+        return images * (2 * P * C * p * p * D + L * block_flops(1 + (P if tokens is None else tokens), D, M))
+
+    def head(images: int) -> int:
+        return images * 2 * (D * h + h * h + h * o + o * K)
+
+    P = (cfg.rand_size // p) ** 2
+    anchors = (encoder(cfg.rand_views * b, cfg.rand_size, num_kept_patches(P, cfg.patch_drop))
+               + encoder(cfg.focal_views * b, cfg.focal_size) + head((cfg.rand_views + cfg.focal_views) * b))
+    target = encoder(b, cfg.rand_size) + head(b)
+    return {"anchors_forward": anchors, "target_forward": target, "total": 3 * anchors + target}
 
 
 def count_params(params) -> int:
@@ -488,7 +517,8 @@ def peak_of(mem: dict[str, Any], device: str) -> float:
 # ------------------------------------------------------------------------------------------------- run
 
 
-def run_config(args, config: str, device: str, threads: int, use_lightly: bool) -> dict[str, Any]:
+def run_config(args, config: str, device: str, threads: int, use_lightly: bool,
+               peak: float | None = None) -> dict[str, Any]:
     import torch
 
     cfg = pretrain_config(config, args.quick, args.batch, device)
@@ -524,22 +554,32 @@ def run_config(args, config: str, device: str, threads: int, use_lightly: bool) 
     )
     label = f"{config} ({device}{' bf16' if cfg.bf16 else ''}, batch {cfg.batch_size})"
     print(f"\n{label}: {steps} step(s) per repeat, {repeats} repeats, median")
+    flops = step_flops(cfg)
+    info["flops_per_step"] = flops
     rows = {}
     for side, ts in times.items():
         s = summarize([t / steps for t in ts])  # seconds per step
-        rows[side] = {"side": side, **s, "images_per_s": cfg.batch_size / s["median_s"]}
+        rows[side] = {"side": side, **s, "images_per_s": cfg.batch_size / s["median_s"],
+                      "gflops": flops["total"] / s["median_s"] / 1e9}
+        if peak:
+            rows[side]["peak_share"] = rows[side]["gflops"] / peak
     mem = {side: measure_memory(args, config, side, device, threads) for side in cases}
     for side, row in rows.items():
         row["peak_memory_mb"] = peak_of(mem[side], device)
+        share = f" ({100 * row['peak_share']:.0f}% of the matmul peak)" if peak else ""
         print(
             f"  {side:8s} {row['images_per_s']:9.1f} img/s  {row['median_s'] * 1e3:9.1f} ms/step  "
-            f"peak memory +{row['peak_memory_mb']:.0f} MiB"
+            f"{row['gflops']:6.1f} GFLOP/s{share}  peak memory +{row['peak_memory_mb']:.0f} MiB"
         )
     info["rows"] = list(rows.values())
     info["memory"] = mem
     if use_lightly:
         info["speedup"] = rows["vitmsn"]["images_per_s"] / rows["lightly"]["images_per_s"]
         info["memory_ratio"] = rows["vitmsn"]["peak_memory_mb"] / max(rows["lightly"]["peak_memory_mb"], 1e-9)
+        if peak:
+            # the fastest any implementation of these FLOPs could be: all of them at the matmul peak
+            info["speedup_bound"] = rows["lightly"]["median_s"] / (flops["total"] / (peak * 1e9))
+            print(f"  at 100% of the matmul peak a step would be {info['speedup_bound']:.2f}x lightly's images/s")
         p = info["parity"]["steps"]
         print(
             f"  vitmsn / lightly: {info['speedup']:.3f}x images/s, {info['memory_ratio']:.3f}x peak memory; "
@@ -606,7 +646,9 @@ def main(argv: list[str] | None = None) -> dict:
     if not use_lightly:
         print(f"lightly's side {why}")
     t0 = time.perf_counter()
-    cpu = [run_config(args, c, "cpu", threads, use_lightly) for c in configs]
+    peak = measure_peak(QUICK_SIZES if args.quick else SIZES, repeats=2 if args.quick else 5)
+    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s with {threads} threads")
+    cpu = [run_config(args, c, "cpu", threads, use_lightly, peak) for c in configs]
     use_gpu, gpu_why = cuda_available(args)
     gpu: dict[str, Any]
     if use_gpu:

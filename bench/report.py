@@ -319,7 +319,13 @@ def _pretrain_tables(configs: list[dict]) -> list[str]:
             rows,
         )
     )
-    out += ["", "Images/s = batch / median seconds per step; peak memory: see the notes below.", ""]
+    out += [
+        "",
+        "Images/s = batch / median seconds per step; GFLOP/s = the step's multiply-add FLOPs (`step_flops` in "
+        "`bench/pretrain_step.py`: forward of anchors and target, backward as 2 x the anchors' forward) per "
+        "second, and their share of the matmul peak measured in the same run; peak memory: see the notes below.",
+        "",
+    ]
     rows = []
     for c in configs:
         for r in c["rows"]:
@@ -329,16 +335,25 @@ def _pretrain_tables(configs: list[dict]) -> list[str]:
                     r["side"],
                     f(r["images_per_s"], 1),
                     f(r["median_s"] * 1e3),
+                    f(r.get("gflops")),
+                    f"{100 * r['peak_share']:.0f}%" if "peak_share" in r else "–",
                     f(r["peak_memory_mb"], 0),
                     f"{c['repeats']} x {c['steps_per_repeat']}",
                 ]
             )
     out.append(
         table(
-            ["config", "side", "images/s", "ms / step", "peak memory, MiB (see notes)", "repeats x steps"],
+            ["config", "side", "images/s", "ms / step", "GFLOP/s", "share of matmul peak",
+             "peak memory, MiB (see notes)", "repeats x steps"],
             rows,
         )
     )
+    bounds = [c for c in configs if "speedup_bound" in c]
+    if bounds:
+        out += ["", "The most any implementation could gain over lightly at fp32 on this machine, if the whole "
+                "step ran at the matmul peak: " + "; ".join(
+                    f"{c['config']} {c['speedup_bound']:.2f}x ({c['flops_per_step']['total'] / 1e9:.1f} GFLOP "
+                    "per step)" for c in bounds) + "."]
     with_lightly = [c for c in configs if "speedup" in c]
     if with_lightly:
         out += ["", "vitmsn / lightly, and the parity check (same weights, views and kept tokens):", ""]
