@@ -178,6 +178,41 @@ def test_return_types_and_batch_feature(photos):
         ViTImageProcessor(size={"shortest_edge": 50})([img, img.transpose(1, 0, 2)], return_tensors="pt")
 
 
+def test_batches_of_varied_photographs(photos):
+    """Mixed sizes and kinds in one call (one output batch is filled in place): the PIL path gives
+    transformers' PIL numbers bit for bit, the torch path transformers' torchvision numbers."""
+    rng = np.random.default_rng(0)
+    crops = []
+    for i in range(7):
+        a = list(photos.values())[i % 3]
+        h, w = (int(s * rng.uniform(0.4, 1.0)) for s in a.shape[:2])
+        crops.append(np.ascontiguousarray(a[:h, :w]))
+    imgs = [PIL.Image.fromarray(c) for c in crops[:5]] + [crops[5], torch.from_numpy(crops[6]).permute(2, 0, 1)]
+    imgs.append(imgs[0])  # two images of the same size: resized together on the torch path
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = RefProcessor(**MSN)(imgs, return_tensors="pt")["pixel_values"]
+        tv = transformers.ViTImageProcessor(**MSN)(imgs, return_tensors="pt")["pixel_values"]
+    proc = ViTImageProcessor(**MSN)
+    got = proc(imgs, return_tensors="pt")["pixel_values"]
+    assert got.shape == (8, 3, 224, 224) and got.dtype == torch.float32 and got.is_contiguous()
+    assert torch.equal(got, expected)
+    assert np.array_equal(proc(imgs, return_tensors="np")["pixel_values"], expected.numpy())
+    listed = proc(imgs)["pixel_values"]
+    assert len(listed) == 8 and all(np.array_equal(a, b) for a, b in zip(listed, expected.numpy(), strict=True))
+    fast = ViTImageProcessor(**MSN, backend="torch")
+    got = fast(imgs, return_tensors="pt")["pixel_values"]
+    assert got.shape == (8, 3, 224, 224) and got.is_contiguous()
+    torch.testing.assert_close(got, tv, atol=1e-5, rtol=0)
+    flipped = crops[5][::-1, ::-1]  # negative strides
+    torch.testing.assert_close(fast(flipped, return_tensors="pt")["pixel_values"],
+                               fast(flipped.copy(), return_tensors="pt")["pixel_values"], atol=0, rtol=0)
+    for i in (0, 5, 6):  # a single image, as PIL, HWC array and CHW tensor
+        torch.testing.assert_close(fast(imgs[i], return_tensors="pt")["pixel_values"], tv[i][None], atol=1e-5, rtol=0)
+    listed = fast(imgs)["pixel_values"]
+    assert len(listed) == 8 and np.abs(np.stack(listed) - tv.numpy()).max() <= 1e-5
+
+
 def test_torch_backend_is_close(photos):
     imgs = [photos["astronaut"], photos["coffee"], np.ascontiguousarray(photos["coffee"][::-1])]
     for cfg in (CONFIGS["default"], MSN):
