@@ -27,11 +27,13 @@ from bench.common import (  # noqa: E402
     parser,
     setup_torch,
     summarize,
+    target,
     time_interleaved,
     write_result,
 )
 
 NAME = "preprocess"
+TARGET_SPEEDUP = 3.0  # x transformers' PIL path
 PHOTOS = (
     "astronaut",
     "coffee",
@@ -143,6 +145,13 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         gpu = {"skipped": why}
         print(f"GPU variant {why}")
+    # the issue's target: vitmsn's processor (its faster backend) >= 3x transformers' PIL path
+    targets = [
+        target(f"{name} / transformers-pil images/s", ratios[f"{name} / transformers-pil"], TARGET_SPEEDUP, unit="x")
+        for name in ("vitmsn-torch", "vitmsn-pil")
+    ]
+    for t in targets:
+        print(f"target {t['name']}: {t['value']:.2f} vs {t['threshold']} -> {'met' if t['met'] else 'MISSED'}")
     sizes = [im.size for im in images]
     write_result(
         NAME,
@@ -158,6 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
             "output": [batch, 3, 224, 224],
         },
         results={"rows": rows, "ratios": ratios, "gpu": gpu},
+        targets=targets,
     )
     return {"rows": rows, "ratios": ratios}
 
