@@ -226,6 +226,39 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
         pretrain(cfg, device="cpu", progress=False, dataset=Bad())
 
 
+def test_bf16_autocast_steps(tmp_path):
+    """bf16=True (meant for GPUs; CPU autocast here): the step runs in bf16, the weights and the optimizer
+    stay float32, the loss is finite and close to the float32 run's first loss."""
+    from vitmsn.msn.train import pretrain
+
+    losses = {}
+    for bf16 in (False, True):
+        out = pretrain(tiny_config(tmp_path / str(bf16), max_steps=3, bf16=bf16), device="cpu", progress=False,
+                       dataset=Shapes())
+        losses[bf16] = np.loadtxt(out / "log.csv", delimiter=",", skiprows=1, usecols=3)
+        state = load_checkpoint(out / "checkpoints" / "latest.pt")
+        assert all(v.dtype == torch.float32 for k, v in state["online"].items() if v.is_floating_point())
+    assert np.isfinite(losses[True]).all()
+    np.testing.assert_allclose(losses[True][0], losses[False][0], rtol=0.05)  # bf16 rounding, same weights
+    assert not np.array_equal(losses[True], losses[False])  # autocast did change the arithmetic
+
+
+def test_adamw_falls_back_without_a_fused_kernel(monkeypatch):
+    from vitmsn.msn import train
+
+    real = torch.optim.AdamW
+
+    def no_fused(*args, fused=None, **kw):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(*args, **kw)
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    assert train._adamw([{"params": [p]}], 1e-3, torch.device("cpu")).defaults["fused"]
+    monkeypatch.setattr(torch.optim, "AdamW", no_fused)
+    assert not train._adamw([{"params": [p]}], 1e-3, torch.device("cpu")).defaults.get("fused")
+
+
 @pytest.mark.parametrize("name", ["vit-small/16", "vit-base/16", "vit-large/16", "vit-base/4", "vit-large/7",
                                   "fashion-mnist"])
 def test_presets_build_and_train_one_step(name):
