@@ -46,7 +46,6 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.matmul_peak import QUICK_SIZES, SIZES, measure_peak  # noqa: E402
 from bench.common import (  # noqa: E402
     ROOT,
     cuda_available,
@@ -58,6 +57,7 @@ from bench.common import (  # noqa: E402
     time_interleaved,
     write_result,
 )
+from bench.matmul_peak import QUICK_SIZES, SIZES, measure_peak  # noqa: E402
 
 NAME = "pretrain_step"
 TARGET_SPEEDUP = 1.5  # vitmsn images/s / lightly images/s

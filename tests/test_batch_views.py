@@ -101,7 +101,7 @@ def test_views_shapes_determinism_and_normalisation():
     b = make(imgs, torch.Generator().manual_seed(3))
     c = make(imgs, torch.Generator().manual_seed(4))
     assert [tuple(v.shape) for v in a] == [(8, 3, 28, 28)] * 2 + [(8, 3, 12, 12)] * 2
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert not torch.equal(a[0], c[0])
     assert all(v.dtype == torch.float32 for v in a)
     # no augmentation: the views are the normalised image, replicated to 3 channels

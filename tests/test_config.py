@@ -82,9 +82,9 @@ def test_unknown_model_type():
 
 @pytest.mark.parametrize("act", ["gelu", "relu", "selu", "gelu_new"])
 def test_activations_match_transformers(tmp_path, act):
-    from tests.conftest import TINY
-
     from transformers.activations import ACT2FN
+
+    from tests.conftest import TINY
 
     if act not in ACT2FN:  # transformers documents "selu" but has no such activation: check ours by hand
         mlp = vitmsn.ViTMSNModel(ViTMSNConfig(**TINY, hidden_act=act)).blocks[0].mlp

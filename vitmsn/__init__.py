@@ -13,9 +13,9 @@ from vitmsn.models.hf import (
     MaskedImageModelingOutput,
     ViTForImageClassification,
     ViTForMaskedImageModeling,
+    ViTModel,
     ViTMSNForImageClassification,
     ViTMSNModel,
-    ViTModel,
 )
 
 __version__ = "0.1.0"

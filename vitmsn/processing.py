@@ -378,7 +378,7 @@ def _through_table(chw: np.ndarray, fn: Any, out: np.ndarray | None = None) -> n
 
     ``fn`` (rescale, then normalize) works element by element, so applying it to the 256 levels of each
     channel and indexing gives the same float32 bits as applying it to the image, in one pass instead of
-    several float64/float32 passes (2-3x faster on photographs).
+    several float64/float32 passes.
     """
     channels = chw.shape[0]
     table = fn(np.broadcast_to(np.arange(256, dtype=np.uint8), (channels, 1, 256)).copy())  # (C, 1, 256)
@@ -674,7 +674,7 @@ class ViTImageProcessor:
             if device is not None:
                 batch = batch.to(device)
             if do_resize:
-                # torch's uint8 antialiased kernel works on channels-last images (3x faster than channels-first)
+                # torch's uint8 antialiased kernel works on channels-last images (about 2x faster than channels-first)
                 batch = _torch_resize(batch, _output_size(size, shape[1], shape[2]), resample)
             # (x * rescale - mean) / std as one multiply-add into a channels-first float32 batch
             channels = batch.shape[1]
