@@ -41,19 +41,32 @@ def load_backbone(path_or_id: str | os.PathLike, device: str | torch.device = "c
     return model, processor
 
 
-class _Processed(Dataset):
-    """Images (PIL or arrays, with labels) -> processed pixel tensors, one at a time, for a DataLoader."""
+class _Labelled(Dataset):
+    """Images (PIL or arrays, with or without labels) -> (image, label) pairs; -1 where unknown."""
 
-    def __init__(self, images: Dataset | Sequence, processor: Any):
-        self.images, self.processor = images, processor
+    def __init__(self, images: Dataset | Sequence):
+        self.images = images
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[Any, int]:
         item = self.images[i]
         image, label = item if isinstance(item, tuple) else (item, -1)
-        return self.processor(image, return_tensors="pt")["pixel_values"][0], int(label)
+        return image, int(label)
+
+
+class _ProcessBatch:
+    """A DataLoader's collate function: the processor on a whole batch of images (one call per batch, not
+    per image; the same pixels), and the labels as a tensor."""
+
+    def __init__(self, processor: Any):
+        self.processor = processor
+
+    def __call__(self, batch: list[tuple[Any, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = zip(*batch, strict=True)
+        pixels = self.processor(list(images), return_tensors="pt")["pixel_values"]  # (B, C, H, W)
+        return pixels, torch.tensor(labels, dtype=torch.int64)
 
 
 @torch.inference_mode()
@@ -65,8 +78,8 @@ def extract_features(model: VisionTransformer, images: Dataset | Sequence, proce
     if pool not in POOLINGS:
         raise ValueError(f"pool must be one of {POOLINGS}, got {pool!r}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    loader = DataLoader(_Processed(images, processor), batch_size=batch_size, num_workers=num_workers,
-                        shuffle=False)
+    loader = DataLoader(_Labelled(images), batch_size=batch_size, num_workers=num_workers, shuffle=False,
+                        collate_fn=_ProcessBatch(processor))
     feats, labels = [], []
     for pixels, y in tqdm(loader, desc=desc, disable=not progress, unit="batch", leave=False):
         out = model.forward_features(pixels.to(device), normalize=pool == "cls")
