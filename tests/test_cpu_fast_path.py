@@ -21,7 +21,7 @@ ATOL = 1e-5
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    # 64 px, 8 px patches: 65 tokens; 20 images are 1300 tokens, more than one chunk
+    # 64 px, 8 px patches: 65 tokens; 40 images are 2600 tokens, run in chunks of 15 images
     ref, path = save_hf(
         tmp_path_factory, "ViTMSNModel", "ViTMSNConfig", image_size=64, attn_implementation="eager"
     )
@@ -36,8 +36,8 @@ def plain(model, x, **kw):
 def test_chunked_batch_matches_transformers_and_plain_path(pair):
     ref, path = pair
     ours = vitmsn.ViTMSNModel.from_pretrained(path)
-    x = torch.randn(20, 3, 64, 64)
-    assert 20 * 65 > layers.CHUNK_TOKENS
+    x = torch.randn(40, 3, 64, 64)
+    assert 40 * 65 > layers.CHUNK_ABOVE  # run in chunks
     with torch.inference_mode():
         fast = ours(x).last_hidden_state
         expected = ref(x).last_hidden_state

@@ -42,9 +42,9 @@ class _QuickGELU(nn.Module):
 # (and applies the MLP's GELU) while the output tile is still in cache. ``F.linear`` instead copies the
 # broadcast bias into the output, then lets MKL's sgemm accumulate into it, then GELU reads and writes the
 # (B, N, 4D) activation once more. The weights are reordered once into oneDNN's blocked layout and kept
-# beside the model (:class:`_PackedWeights`), and a block sees at most ~1024 tokens at a time (whole
-# images; see ``Block.forward``) so that the (tokens, 4D) MLP activation stays in cache. Same fp32
-# arithmetic, another summation order: outputs differ from ``F.linear`` by a few ulp (~1e-6 on ViT-B).
+# beside the model (:class:`_PackedWeights`), and on large inputs a block sees at most ~1024 tokens at a
+# time (whole images; see ``Block.forward``) so that the (tokens, 4D) MLP activation stays in cache. Same
+# fp32 arithmetic, another summation order: outputs differ from ``F.linear`` by a few ulp (~1e-6 on ViT-B).
 # bench/ab.py measures each part against the alternatives; docs/BENCHMARKS.md has the numbers.
 #
 # oneDNN's op has no autograd formula, so it is used only when no gradient is needed (``torch.no_grad`` /
@@ -57,8 +57,11 @@ try:
 except (AttributeError, RuntimeError):  # a build of torch without oneDNN
     _LINEAR_POINTWISE = _REORDER_WEIGHT = None
 
-#: tokens a block processes at once in CPU inference (whole images: at least one image per chunk)
+#: tokens a block processes at once in CPU inference (whole images: at least one image per chunk), for
+#: inputs of more than CHUNK_ABOVE tokens. bench/ab.py on two CPUs: chunks help at ViT batch 32 (6304
+#: tokens) and cost 3-6 % at batch 8 (1576 tokens), so smaller inputs run whole.
 CHUNK_TOKENS = 1024
+CHUNK_ABOVE = 2 * CHUNK_TOKENS
 
 
 class _PackedWeights:
@@ -287,7 +290,7 @@ class Block(nn.Module):
         B, N, _ = x.shape
         # (the oneDNN test first: under torch.export / compile it is False and no guard on B is recorded)
         if (_use_onednn(x, self.mlp.fc1.weight) and head_mask is None and not need_weights and B > 1
-                and B * N > CHUNK_TOKENS):
+                and B * N > CHUNK_ABOVE):
             # CPU inference on many tokens: whole images at a time, so that every activation stays in cache
             per = max(1, CHUNK_TOKENS // N)
             return torch.cat([self._forward(chunk)[0] for chunk in x.split(per)]), None  # (B, N, D)
