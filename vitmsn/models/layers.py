@@ -59,7 +59,7 @@ except (AttributeError, RuntimeError):  # a build of torch without oneDNN
 
 #: tokens a block processes at once in CPU inference (whole images: at least one image per chunk), for
 #: inputs of more than CHUNK_ABOVE tokens. bench/ab.py on two CPUs: chunks help at ViT batch 32 (6304
-#: tokens) and cost 3-6 % at batch 8 (1576 tokens), so smaller inputs run whole.
+#: tokens) and cost 0.5-9 % at batch 8 (1576 tokens), so smaller inputs run whole.
 CHUNK_TOKENS = 1024
 CHUNK_ABOVE = 2 * CHUNK_TOKENS
 
