@@ -86,3 +86,16 @@ def test_patch_embedding_is_the_strided_convolution():
         (gx_ours, gw_ours), (gx_conv, gw_conv) = (torch.autograd.grad(y, (x, pe.proj.weight), g) for y in (ours, conv))
         torch.testing.assert_close(gx_ours, gx_conv, atol=1e-5, rtol=0)
         torch.testing.assert_close(gw_ours, gw_conv, atol=1e-4, rtol=1e-5)
+
+
+def test_msn_embedding_normalises_only_the_cls_token():
+    """MSNNetwork applies the final LayerNorm to the CLS token alone: the same as normalising every token."""
+    from vitmsn.msn.model import MSNNetwork
+
+    torch.manual_seed(0)
+    net = MSNNetwork(ViTMSNConfig(**TINY), head_hidden_dim=32, head_output_dim=16).eval()
+    x = torch.randn(3, 3, 32, 32)
+    keep = random_keep_indices(3, 16, 0.5, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = net.head(net.encoder.forward_features(x, keep_idx=keep, interpolate_pos_encoding=True).tokens[:, 0])
+        torch.testing.assert_close(net.embed(x, keep), expected, atol=1e-6, rtol=0)

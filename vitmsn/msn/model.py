@@ -28,8 +28,10 @@ class MSNNetwork(nn.Module):
 
     def embed(self, images: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) -> (B, out_dim); only the kept patch tokens are computed."""
-        tokens = self.encoder.forward_features(images, keep_idx=keep_idx, interpolate_pos_encoding=True).tokens
-        return self.head(tokens[:, 0])
+        tokens = self.encoder.forward_features(images, keep_idx=keep_idx, interpolate_pos_encoding=True,
+                                               normalize=False).tokens  # (B, 1 + K, D), before the final norm
+        # the final LayerNorm works token by token: on the CLS token alone it gives the same numbers
+        return self.head(self.encoder.norm(tokens[:, 0]))
 
     def forward(self, *groups: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
         """Groups of same-size views, each (n_i, C, H_i, W_i) -> (sum n_i, out_dim) in the same order.
