@@ -376,17 +376,12 @@ def _pil_resize(chw: np.ndarray, out_hw: tuple[int, int], resample: int) -> np.n
 def _through_table(chw: np.ndarray, fn: Any, out: np.ndarray | None = None) -> np.ndarray:
     """``fn(chw)`` for a uint8 (C, H, W) image, computed once per channel and level and looked up.
 
-    ``fn`` (rescale, then normalize) works element by element, so applying it to the 256 levels of each
-    channel and indexing gives the same float32 bits as applying it to the image, in one pass instead of
-    several float64/float32 passes.
+    ``fn`` (rescale, then normalize) must work element by element: applying it to the 256 levels of each
+    channel and indexing then gives the same float32 bits as applying it to the image, in one pass instead
+    of several float64/float32 passes.
     """
     channels = chw.shape[0]
     table = fn(np.broadcast_to(np.arange(256, dtype=np.uint8), (channels, 1, 256)).copy())  # (C, 1, 256)
-    if table.shape != (channels, 1, 256) or (out is not None and out.dtype != table.dtype):
-        result = fn(chw)  # not element-wise after all: apply it to the image
-        if out is not None:
-            out[...] = result
-        return result
     if out is None:
         out = np.empty(chw.shape, dtype=table.dtype)
     for c in range(channels):
@@ -402,16 +397,20 @@ def _normalize(chw: np.ndarray, mean: float | Sequence[float], std: float | Sequ
     if not np.issubdtype(chw.dtype, np.floating):
         chw = chw.astype(np.float32)
     channels = chw.shape[0]
-    stats = []
-    for name, value in (("image_mean", mean), ("image_std", std)):
-        values = [value] * channels if isinstance(value, float | int) else list(value)
-        if len(values) != channels:
-            raise ValueError(
-                f"{name} has {len(values)} values but the image has {channels} channels; convert the image to RGB "
-                "(do_convert_rgb=None or True) or pass matching statistics."
-            )
-        stats.append(np.asarray(values, dtype=chw.dtype)[:, None, None])  # (C, 1, 1)
-    return (chw - stats[0]) / stats[1]
+    m, sd = (np.asarray(_per_channel(v, name, channels), dtype=chw.dtype)[:, None, None]  # (C, 1, 1)
+             for v, name in ((mean, "image_mean"), (std, "image_std")))
+    return (chw - m) / sd
+
+
+def _per_channel(value: float | Sequence[float], name: str, channels: int) -> list[float]:
+    """``image_mean`` / ``image_std`` as one value per channel."""
+    values = [value] * channels if isinstance(value, float | int) else list(value)
+    if len(values) != channels:
+        raise ValueError(
+            f"{name} has {len(values)} values but the image has {channels} channels; convert the image to RGB "
+            "(do_convert_rgb=None or True) or pass matching statistics."
+        )
+    return values
 
 
 def _torch_resize(batch: torch.Tensor, out_hw: tuple[int, int], resample: int) -> torch.Tensor:
@@ -429,6 +428,14 @@ def _torch_resize(batch: torch.Tensor, out_hw: tuple[int, int], resample: int) -
     return F.interpolate(batch.float(), size=out_hw, mode=mode, **kwargs)
 
 
+def _common_output_shape(arrays: list[np.ndarray], size: Mapping[str, int],
+                         do_resize: bool) -> tuple[int, int, int] | None:
+    """The (C, h, w) every (C, H, W) image comes out as, or None if they come out in different shapes."""
+    shapes = {(chw.shape[0], *(_output_size(size, *chw.shape[1:]) if do_resize else chw.shape[1:]))
+              for chw in arrays}
+    return shapes.pop() if len(shapes) == 1 else None
+
+
 def _stack_channels_last(arrays: list[np.ndarray]) -> torch.Tensor:
     """Same-shape (C, H, W) arrays -> a (b, C, H, W) tensor stored channels-last (b, H, W, C).
 
@@ -440,13 +447,6 @@ def _stack_channels_last(arrays: list[np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(a)[None]
     hwc = np.stack([np.moveaxis(a, 0, -1) for a in arrays])  # (b, H, W, C)
     return torch.from_numpy(hwc).permute(0, 3, 1, 2)
-
-
-def _per_channel(value: float | Sequence[float], name: str, channels: int) -> torch.Tensor:
-    values = [value] * channels if isinstance(value, float | int) else list(value)
-    if len(values) != channels:
-        raise ValueError(f"{name} has {len(values)} values but the image has {channels} channels.")
-    return torch.tensor(values, dtype=torch.float64)
 
 
 def _looks_prescaled(chw: np.ndarray) -> bool:
@@ -616,11 +616,10 @@ class ViTImageProcessor:
                     chw = _normalize(chw, mean, std)
                 return np.asarray(chw, dtype=np.float32)
 
-            out_shapes = {(chw.shape[0], *(_output_size(size, *chw.shape[1:]) if opts["do_resize"] else
-                                           chw.shape[1:])) for chw in arrays}
+            shape = _common_output_shape(arrays, size, opts["do_resize"])
             # one output batch when every image comes out the same size: no stacking copy afterwards
-            whole = (np.empty((len(arrays), *out_shapes.pop()), dtype=np.float32)
-                     if len(out_shapes) == 1 and return_tensors is not None else None)
+            whole = (np.empty((len(arrays), *shape), dtype=np.float32)
+                     if shape is not None and return_tensors is not None else None)
             pixel_values = []
             for i, chw in enumerate(arrays):
                 if opts["do_resize"]:
@@ -658,11 +657,10 @@ class ViTImageProcessor:
         for i, chw in enumerate(arrays):
             is_int = not np.issubdtype(chw.dtype, np.floating)
             groups.setdefault((chw.shape, is_int), []).append(i)
-        out_shapes = {(chw.shape[0], *(_output_size(size, *chw.shape[1:]) if do_resize else chw.shape[1:]))
-                      for chw in arrays}
+        common = _common_output_shape(arrays, size, do_resize)
         # one output batch when every image comes out the same size: no stacking copy afterwards
-        whole = (torch.empty((len(arrays), *out_shapes.pop()), dtype=torch.float32, device=device)
-                 if len(out_shapes) == 1 else None)
+        whole = (torch.empty((len(arrays), *common), dtype=torch.float32, device=device)
+                 if common is not None else None)
         out: list[torch.Tensor | None] = [None] * len(arrays)
         for (shape, is_int), idx in groups.items():
             batch = _stack_channels_last([arrays[i] for i in idx])  # (b, C, H, W), channels-last in memory
@@ -681,7 +679,8 @@ class ViTImageProcessor:
             scale = torch.full((channels,), rescale_factor if do_rescale else 1.0, dtype=torch.float64)
             shift = torch.zeros(channels, dtype=torch.float64)
             if do_normalize:
-                m, sd = (_per_channel(v, name, channels) for v, name in ((mean, "image_mean"), (std, "image_std")))
+                m, sd = (torch.tensor(_per_channel(v, name, channels), dtype=torch.float64)
+                         for v, name in ((mean, "image_mean"), (std, "image_std")))
                 scale, shift = scale / sd, -m / sd
             shift = shift.float().to(batch.device).view(-1, 1, 1)
             scale = scale.float().to(batch.device).view(-1, 1, 1)
