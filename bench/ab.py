@@ -126,14 +126,9 @@ def variant_forwards(opts: dict, batch_tokens: int):
         return lin(h, self.mlp.fc2, residual=x) if opts["add"] else x + lin(h, self.mlp.fc2)
 
     def patch_forward(self, x):
-        # (B, C, gh*ph, gw*pw) -> (B, gh, gw, C, ph, pw) -> (B, P, C*ph*pw) @ W^T -> (B, P, D)
-        B, C, Hh, Ww = x.shape
-        ph, pw = self.patch_size
-        gh, gw = Hh // ph, Ww // pw
-        x = x[:, :, : gh * ph, : gw * pw].reshape(B, C, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5)
-        x = x.reshape(B, gh * gw, C * ph * pw)
+        # vitmsn's patches (B, P, C*ph*pw) @ W^T through oneDNN -> (B, P, D)
         w = self.proj.weight.reshape(self.proj.weight.shape[0], -1)
-        return lp(x, w, self.proj.bias, "none", [], "")
+        return lp(self.patchify(x), w, self.proj.bias, "none", [], "")
 
     def conv_patch_forward(self, x):
         # the strided convolution the weights come from (vitmsn's patch embedding before 2026-12-02)

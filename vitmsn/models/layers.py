@@ -212,14 +212,19 @@ class PatchEmbed(nn.Module):
                 f"configuration. Expected {self.num_channels} but got {x.shape[1]}."
             )
         ph, pw = self.patch_size
+        if x.shape[2] < ph or x.shape[3] < pw:
+            raise ValueError(f"image of size {x.shape[2]}x{x.shape[3]} is smaller than one patch ({ph}x{pw})")
+        return F.linear(self.patchify(x), self.proj.weight.reshape(self.proj.out_channels, -1),
+                        self.proj.bias)  # (B, P, D)
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, gh * gw, C * ph * pw): each patch flattened in the convolution weight's order."""
         B, C, H, W = x.shape
-        if H < ph or W < pw:
-            raise ValueError(f"image of size {H}x{W} is smaller than one patch ({ph}x{pw})")
+        ph, pw = self.patch_size
         gh, gw = H // ph, W // pw
         if (H, W) != (gh * ph, gw * pw):
             x = x[:, :, : gh * ph, : gw * pw]
-        patches = x.reshape(B, C, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5).reshape(B, gh * gw, C * ph * pw)
-        return F.linear(patches, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)  # (B, P, D)
+        return x.reshape(B, C, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5).reshape(B, gh * gw, C * ph * pw)
 
 
 class Attention(nn.Module):
