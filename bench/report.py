@@ -27,6 +27,7 @@ SCRIPTS = {
     "preprocess": "image preprocessing: vitmsn vs transformers",
     "pretrain_step": "MSN pretraining step: vitmsn vs lightly's MSN parts (images/s, peak memory)",
     "lowshot": "low-shot evaluation wall time: features + logistic regression on Fashion-MNIST 60k/10k",
+    "parts": "the parts behind the pretraining-step and preprocessing changes, each against its alternative",
 }
 NOT_MEASURED = "not measured yet"
 
@@ -454,6 +455,12 @@ def render_lowshot(d: dict) -> str:
     return "\n".join(out)
 
 
+def render_parts(d: dict) -> str:
+    rows = [[r["part"], r["case"], f(r["median_s"] * 1e3, 2)] for r in d["results"]["rows"]]
+    return (f"Medians of {d['config']['repeats']} interleaved repeats; in each part the first case is what "
+            "vitmsn ships.\n\n" + table(["part", "case", "ms per call"], rows))
+
+
 def render_generic(d: dict) -> str:
     return "```json\n" + json.dumps(d["results"], indent=1)[:4000] + "\n```"
 
@@ -466,6 +473,7 @@ RENDER = {
     "preprocess": render_preprocess,
     "pretrain_step": render_pretrain_step,
     "lowshot": render_lowshot,
+    "parts": render_parts,
 }
 
 
@@ -486,7 +494,7 @@ def render(results: dict[str, dict], notes: str | None = None) -> str:
         'pip install -e ".[bench]"',
         "python bench/matmul_peak.py && python bench/inference.py && python bench/ab.py && "
         "python bench/masking.py && python bench/preprocess.py && python bench/pretrain_step.py && "
-        "python bench/lowshot.py",
+        "python bench/lowshot.py && python bench/parts.py",
         "python bench/report.py",
         "```",
         "",

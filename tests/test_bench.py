@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("timm")
 
-from bench import ab, common, inference, lowshot, masking, preprocess, pretrain_step, report  # noqa: E402
+from bench import ab, common, inference, lowshot, masking, parts, preprocess, pretrain_step, report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MACHINE_KEYS = {"cpu", "cores", "torch", "torch_threads", "date", "loadavg", "loadavg_end", "cuda"}
@@ -69,6 +69,13 @@ def test_vit_flops():
     # ViT-B/16 at 224: 17.6 GMACs (timm / fvcore count the same matmuls)
     f = inference.vit_flops(hidden_size=768, num_hidden_layers=12, intermediate_size=3072)
     assert 17.4e9 < f["total"] / 2 < 17.7e9
+
+
+def test_parts(results_dir):
+    parts.main(["--quick", "--results-dir", str(results_dir)])
+    rows = read(results_dir, "parts")["results"]["rows"]
+    assert {"adamw", "target", "resize"} <= {r["part"] for r in rows}
+    assert all(r["median_s"] > 0 for r in rows)
 
 
 def test_masking(results_dir):

@@ -139,8 +139,7 @@ def unpacked_weights() -> Iterator[None]:
     """CPU inference with oneDNN reordering the weights on the fly instead of keeping packed copies.
 
     For weights that change between every two forwards, as MSN's EMA target encoder: packing them again
-    at every step costs more than it saves (``fashion-mnist`` preset, target forward: 28 ms repacked at
-    every step, 23 ms unpacked).
+    at every step costs more than it saves (``bench/parts.py``, rows ``target``, measures both).
     """
     global _PACK
     previous, _PACK = _PACK, False
@@ -192,9 +191,9 @@ class PatchEmbed(nn.Module):
     """Non-overlapping p x p patches -> D-dimensional tokens.
 
     The weights are those of a strided convolution (``proj``, as every ViT checkpoint stores them); the
-    computation is the same product written as a reshape and one matmul, 10-45 % faster than the
-    convolution on CPU, forward and backward (ViT-S/16 at 224 and 96 px, the fashion-mnist preset's 7 x 7
-    patches; the outputs agree to ~2e-6). Like the convolution, it ignores the pixels of an incomplete
+    computation is the same product written as a reshape and one matmul, faster than the convolution on
+    CPU, forward and backward (``bench/parts.py``, rows ``patch``: ViT-S/16 at 224 and 96 px, the
+    fashion-mnist preset's 7 x 7 patches; the outputs agree to ~2e-6). Like the convolution, it ignores the pixels of an incomplete
     last row or column of patches.
     """
 

@@ -30,12 +30,12 @@ Grayscale data (``num_channels=1``): images are converted to mode ``"L"``, colou
 changes brightness and contrast (saturation and hue are undefined for one channel) and random
 grayscale is left out.  With ``num_channels=3`` a grayscale input (mode ``"L"``, or RGB with three
 equal channels) is augmented as one channel and replicated to RGB before normalisation, which
-has the same distribution (saturation, hue and grayscale do nothing to gray pixels) and is
-about three times faster.
+has the same distribution (saturation, hue and grayscale do nothing to gray pixels) and works on
+a third of the pixels.
 
 The chain is made of v2 transform objects (``MSNViews.compose()`` returns it as a ``v2.Compose``)
 but is run through their public ``make_params``/``transform`` methods on plain tensors, which
-avoids v2's per-call input flattening: about 0.25 ms per 28 px view on one CPU core.
+avoids v2's per-call input flattening, a fixed cost per call that dominates for small views.
 """
 
 from __future__ import annotations
@@ -267,7 +267,7 @@ class MSNViews:
         single_thread: run each call with ``torch.set_num_threads(1)`` (restored afterwards).
             Per-image ops on small tensors gain nothing from intra-op threads, and some
             (``conv2d`` in the blur, reflect padding) always start a parallel region, which on
-            a busy machine costs ~10 ms each; DataLoader workers already use one thread.  The
+            a busy machine can cost milliseconds each; DataLoader workers already use one thread.  The
             setting is process-wide, so turn this off if other threads of the process run
             torch work concurrently with the augmentation.
     """

@@ -1,0 +1,159 @@
+"""The parts behind the pretraining-step and preprocessing changes, each timed against its alternative.
+
+Interleaved A/B pairs (median ms per call), each the choice vitmsn made and what it replaced:
+
+- ``adamw``: AdamW's fused kernel against the default (foreach) one, on the ``fashion-mnist`` preset's
+  online network and prototypes;
+- ``target``: the EMA target's forward (``fashion-mnist`` preset, batch 128) when its weights change before
+  every call, with the weights packed for oneDNN again at every call against ``unpacked_weights()``;
+- ``patch``: the patch embedding as reshape + matmul against the strided convolution, forward + backward
+  (the weight gradient), for the preset's 28 px images with 7 x 7 patches (batch 128) and ViT-S/16's 224 px
+  (batch 8) and 96 px (batch 80) views;
+- ``attention``: SDPA against the explicit ``softmax(q k^T) v``, forward + backward, on the preset's
+  sequences (random anchors: 9 tokens, focal anchors: 5);
+- ``resize``: torch's uint8 antialiased bilinear resize of the 32 photographs of ``bench/preprocess.py`` to
+  224 x 224, channels-last against channels-first input, and PIL's resize of the same images;
+- ``views``: MSN's views (target, random and focal, as the preset makes them) of a batch of the preset's
+  28 x 28 uint8 images, made by ``BatchViews`` for the whole batch at once against ``MSNViews`` one image
+  at a time (as DataLoader workers make them, here in the main process).
+
+    python bench/parts.py [--quick]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import machine_info, parser, setup_torch, summarize, time_interleaved, write_result  # noqa: E402
+
+NAME = "parts"
+
+
+def _pairs(quick: bool) -> dict[str, dict[str, Any]]:
+    """{part: {case: zero-argument callable}}; the first case of each part is what vitmsn ships."""
+    import numpy as np
+    import PIL.Image
+    import torch
+    import torch.nn.functional as F
+
+    from bench.preprocess import photographs
+    from vitmsn.models import layers
+    from vitmsn.msn.batch_views import BatchViews
+    from vitmsn.msn.config import preset
+    from vitmsn.msn.schedules import ema_update, param_groups
+    from vitmsn.msn.train import build_state, build_views
+
+    cfg = preset("fashion-mnist").with_overrides({"batch_size": 16 if quick else 128})
+    torch.manual_seed(0)
+    state = build_state(cfg, torch.device("cpu"))
+    named = [*state.online.named_parameters(), ("prototypes", state.prototypes.weight)]
+    for _, p in named:
+        p.grad = torch.randn_like(p)
+    optimizers = {kind: torch.optim.AdamW(param_groups(named, cfg.weight_decay), lr=1e-6, **{kind: True})
+                  for kind in ("fused", "foreach")}
+    pairs: dict[str, dict[str, Any]] = {"adamw": {f"AdamW {k}": opt.step for k, opt in optimizers.items()}}
+
+    images = torch.randn(cfg.batch_size, 3, cfg.rand_size, cfg.rand_size)
+
+    def target_forward(unpacked: bool):
+        def run():
+            ema_update(state.target, state.online, 0.99)  # the weights change before every forward
+            with torch.no_grad():
+                if unpacked:
+                    with layers.unpacked_weights():
+                        return state.target(images)
+                return state.target(images)
+
+        return run
+
+    pairs["target"] = {"unpacked": target_forward(True), "packed at every call": target_forward(False)}
+
+    shapes = [(cfg.batch_size, 3, 28, 28, 7, 128)]
+    if not quick:
+        shapes += [(8, 3, 224, 224, 16, 384), (80, 3, 96, 96, 16, 384)]
+    for B, C, H, W, p, D in shapes:
+        embed = layers.PatchEmbed(C, D, (p, p))
+        x = torch.randn(B, C, H, W)
+
+        def fwd_bwd(fn, embed=embed, x=x):
+            def run():
+                fn(embed, x).sum().backward()
+
+            return run
+
+        pairs[f"patch {B}x{H}px/{p}"] = {
+            "reshape + matmul": fwd_bwd(lambda m, x: m(x)),
+            "convolution": fwd_bwd(lambda m, x: m.proj(x).flatten(2).transpose(1, 2)),
+        }
+
+    def explicit(q, k, v):
+        return ((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(-1) @ v
+
+    heads, hd = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
+    for name, n, tokens in (("random", cfg.batch_size, 9), ("focal", 2 * cfg.batch_size, 5)):
+        qkv = [torch.randn(n, heads, tokens, hd, requires_grad=True) for _ in range(3)]
+
+        def attn(fn, qkv=qkv):
+            def run():
+                fn(*qkv).sum().backward()
+
+            return run
+
+        pairs[f"attention {name} {n}x{tokens}"] = {"SDPA": attn(F.scaled_dot_product_attention),
+                                                     "explicit": attn(explicit)}
+
+    photos = photographs(4 if quick else 32, max_side=128 if quick else None)
+    arrays = [np.array(im) for im in photos]  # (H, W, 3) uint8
+
+    def resize(channels_last: bool):
+        def run():
+            for a in arrays:
+                t = torch.from_numpy(a).permute(2, 0, 1)[None]  # (1, 3, H, W), channels-last in memory
+                if not channels_last:
+                    t = t.contiguous()
+                F.interpolate(t, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+
+        return run
+
+    pairs["resize"] = {
+        "torch uint8, channels-last": resize(True),
+        "torch uint8, channels-first": resize(False),
+        "PIL": lambda: [im.resize((224, 224), resample=PIL.Image.Resampling.BILINEAR) for im in photos],
+    }
+
+    per_image = build_views(cfg)  # MSNViews, as the DataLoader path of the trainer builds it
+    whole_batch = BatchViews(per_image.cfg)
+    digits = torch.randint(0, 256, (cfg.batch_size, 1, 28, 28), dtype=torch.uint8)
+    generator = torch.Generator().manual_seed(0)
+    pairs["views"] = {
+        "BatchViews, whole batch": lambda: whole_batch(digits, generator),
+        "MSNViews, image by image": lambda: [per_image(img) for img in digits],
+    }
+    return pairs
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser(__doc__.splitlines()[0]).parse_args(argv)
+    threads = setup_torch(args.threads)
+    machine = machine_info()
+    repeats = args.repeats or (2 if args.quick else 15)
+    rows = []
+    for part, cases in _pairs(args.quick).items():
+        times = time_interleaved(cases, repeats=repeats, warmup=1 if args.quick else 3)
+        print(f"\n{part} ({repeats} interleaved repeats, median)")
+        for case, ts in times.items():
+            s = summarize(ts)
+            rows.append({"part": part, "case": case, **s})
+            print(f"  {case:30s} {s['median_s'] * 1e3:9.2f} ms")
+    write_result(NAME, args, machine=machine, config={"threads": threads, "repeats": repeats},
+                 results={"rows": rows})
+    return {"rows": rows}
+
+
+if __name__ == "__main__":
+    main()
