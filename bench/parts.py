@@ -11,6 +11,9 @@ Interleaved A/B pairs (median ms per call), each the choice vitmsn made and what
   (batch 8) and 96 px (batch 80) views;
 - ``attention``: SDPA against the explicit ``softmax(q k^T) v``, forward + backward, on the preset's
   sequences (random anchors: 9 tokens, focal anchors: 5);
+- ``last block``: the encoder's last block, forward + backward, computed for the CLS token alone (the only
+  output of it MSN reads) against every token, on the preset's random and focal anchors and on a ViT-S/16
+  random anchor at 224 px (batch 8, 167 tokens kept);
 - ``resize``: torch's uint8 antialiased bilinear resize of the 32 photographs of ``bench/preprocess.py`` to
   224 x 224, channels-last against channels-first input, and PIL's resize of the same images;
 - ``views``: MSN's views (target, random and focal, as the preset makes them) of a batch of the preset's
@@ -106,6 +109,23 @@ def _pairs(quick: bool) -> dict[str, dict[str, Any]]:
 
         pairs[f"attention {name} {n}x{tokens}"] = {"SDPA": attn(F.scaled_dot_product_attention),
                                                      "explicit": attn(explicit)}
+
+    # the last block, whose only output MSN reads is the CLS token's
+    blocks = [(f"{name} {n}x{tokens}", state.online.encoder.blocks[-1], n, tokens)
+              for name, n, tokens in (("random", cfg.batch_size, 9), ("focal", 2 * cfg.batch_size, 5))]
+    if not quick:  # ViT-S/16 (D=384): a 224 px random view with 15 % of its 196 patches dropped, batch 8
+        blocks.append(("ViT-S 8x167", layers.Block(384, 6, 1536), 8, 167))
+    for name, block, n, tokens in blocks:
+        x = torch.randn(n, tokens, block.norm1.normalized_shape[0], requires_grad=True)
+
+        def last(cls_only: bool, block=block, x=x):
+            def run():
+                y = block(x, cls_only=cls_only)[0]  # (n, 1 or tokens, D)
+                y[:, 0].sum().backward()
+
+            return run
+
+        pairs[f"last block {name}"] = {"CLS only": last(True), "every token": last(False)}
 
     photos = photographs(4 if quick else 32, max_side=128 if quick else None)
     arrays = [np.array(im) for im in photos]  # (H, W, 3) uint8

@@ -156,7 +156,10 @@ def step_flops(cfg) -> dict[str, int]:
     """Multiply-add FLOPs of one step (2 per MAC), as ``vit_flops`` counts them for inference.
 
     Forward: the random anchors on their kept tokens, the focal anchors, the target (no gradient), the
-    projection head on every view and the prototype logits. Backward: 2 x the forward of everything with a
+    projection head on every view and the prototype logits. The encoders' last block is counted for the
+    CLS token only (keys and values of every token, everything else of the CLS token): MSN reads nothing
+    else of it, vitmsn computes nothing else, lightly computes it for every token. So the count is the
+    work the step needs, and "GFLOP/s" is that work per second on both sides. Backward: 2 x the forward of everything with a
     gradient (an upper bound by the patch embedding, whose input gradient is not needed). Element-wise work,
     softmax, LayerNorm, the loss's Sinkhorn and the optimizer are not counted.
     """
@@ -168,7 +171,9 @@ def step_flops(cfg) -> dict[str, int]:
 
     def encoder(images: int, size: int, tokens: int | None = None) -> int:
         P = (size // p) ** 2  # every patch is embedded; the blocks see the kept ones and the class token
-        return images * (2 * P * C * p * p * D + L * block_flops(1 + (P if tokens is None else tokens), D, M))
+        N = 1 + (P if tokens is None else tokens)
+        last = 2 * N * D * 3 * D + 2 * N * D * 2 + 2 * D * D + 2 * D * M * 2  # the CLS token's last block
+        return images * (2 * P * C * p * p * D + (L - 1) * block_flops(N, D, M) + last)
 
     def head(images: int) -> int:
         return images * 2 * (D * h + h * h + h * o + o * K)

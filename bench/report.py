@@ -352,7 +352,7 @@ def _pretrain_tables(configs: list[dict]) -> list[str]:
     bounds = [c for c in configs if "speedup_bound" in c]
     if bounds:
         out += ["", "The most any implementation could gain over lightly at fp32 on this machine, if the whole "
-                "step ran at the matmul peak: " + "; ".join(
+                "work the step needs (the last block counted for the CLS token only) ran at the matmul peak: " + "; ".join(
                     f"{c['config']} {c['speedup_bound']:.2f}x ({c['flops_per_step']['total'] / 1e9:.1f} GFLOP "
                     "per step)" for c in bounds) + "."]
     with_lightly = [c for c in configs if "speedup" in c]

@@ -121,3 +121,15 @@ def test_other_dtypes_and_inference_tensors(pair):
     with torch.no_grad():
         torch.testing.assert_close(ours(x.double()).last_hidden_state.float(), expected, atol=ATOL, rtol=0)
     layers.release_packed_weights()
+
+
+def test_classifier_on_a_large_batch_matches_transformers(tmp_path_factory):
+    """The classifier computes the last block for the CLS token only, also in chunks (40 x 65 tokens)."""
+    ref, path = save_hf(tmp_path_factory, "ViTMSNForImageClassification", "ViTMSNConfig", image_size=64,
+                        num_labels=5, attn_implementation="eager")
+    ours = vitmsn.ViTMSNForImageClassification.from_pretrained(path)
+    x = torch.randn(40, 3, 64, 64)
+    with torch.inference_mode():
+        expected = ref(x).logits
+        torch.testing.assert_close(ours(x).logits, expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(plain(ours, x).logits, expected, atol=ATOL, rtol=0)

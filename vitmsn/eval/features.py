@@ -82,7 +82,7 @@ def extract_features(model: VisionTransformer, images: Dataset | Sequence, proce
                         collate_fn=_ProcessBatch(processor))
     feats, labels = [], []
     for pixels, y in tqdm(loader, desc=desc, disable=not progress, unit="batch", leave=False):
-        out = model.forward_features(pixels.to(device), normalize=pool == "cls")
+        out = model.forward_features(pixels.to(device), normalize=pool == "cls", cls_only=True)  # (B, 1, D)
         feats.append(out.tokens[:, 0].float().cpu())
         labels.append(y)
     if not feats:

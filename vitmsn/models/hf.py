@@ -194,13 +194,13 @@ class PreTrainedModel(nn.Module):
     def _encode(self, pixel_values: torch.Tensor | None, *, bool_masked_pos: torch.Tensor | None = None,
                 head_mask: torch.Tensor | None = None, output_attentions: bool = False,
                 output_hidden_states: bool = False, interpolate_pos_encoding: bool | None = None,
-                keep_idx: torch.Tensor | None = None) -> EncoderOutput:
+                keep_idx: torch.Tensor | None = None, cls_only: bool = False) -> EncoderOutput:
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values")
         return self.backbone.forward_features(
             pixel_values, keep_idx=keep_idx, bool_masked_pos=bool_masked_pos,
             interpolate_pos_encoding=bool(interpolate_pos_encoding), head_mask=head_mask,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, cls_only=cls_only,
         )
 
 
@@ -320,8 +320,10 @@ class _ImageClassifier(PreTrainedModel):
                 return_dict: bool | None = None, **kwargs: Any):
         _check_no_unused(kwargs)
         attn, hidden, as_dict = self._flags(output_attentions, output_hidden_states, return_dict)
+        # the classifier reads the CLS token only: unless per-layer outputs are asked for, the last block
+        # is computed for it alone
         enc = self._encode(pixel_values, head_mask=head_mask, output_attentions=attn, output_hidden_states=hidden,
-                           interpolate_pos_encoding=interpolate_pos_encoding)
+                           interpolate_pos_encoding=interpolate_pos_encoding, cls_only=not (attn or hidden))
         logits = self.forward_head(enc.tokens)
         loss = classification_loss(logits, labels, self.config) if labels is not None else None
         out = ImageClassifierOutput(loss, logits, enc.hidden_states, enc.attentions)

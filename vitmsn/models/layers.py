@@ -230,7 +230,9 @@ class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv projection.
 
     The fast path is ``F.scaled_dot_product_attention``. The explicit path (softmax of q k^T) runs only when
-    the attention probabilities are asked for, a head mask is given, or ``eager`` is set.
+    the attention probabilities are asked for, a head mask is given, or ``eager`` is set. With
+    ``cls_only`` only the first token (CLS) asks the queries: the output is (B, 1, D), the keys and values
+    are still those of every token.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
@@ -244,23 +246,26 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, head_mask: torch.Tensor | None = None,
-                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, head_mask: torch.Tensor | None = None, need_weights: bool = False,
+                cls_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, N, D = x.shape
         qkv = linear(x, self.qkv).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
+        if cls_only:
+            q = q[:, :, :1]  # (B, H, 1, hd)
+        Nq = q.shape[2]
         drop = self.attn_drop if self.training else 0.0
         weights = None
         if need_weights or head_mask is not None or self.eager:
-            scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, N, N)
+            scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, Nq, N)
             weights = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
             weights = F.dropout(weights, p=drop, training=self.training)
             if head_mask is not None:
-                weights = weights * head_mask  # (1 or B, H, 1, 1) broadcast over the N x N map
+                weights = weights * head_mask  # (1 or B, H, 1, 1) broadcast over the Nq x N map
             out = weights @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, H, N, hd)
-        out = out.transpose(1, 2).reshape(B, N, D)  # a view for SDPA's output, which is (B, N, H, hd) in memory
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, H, Nq, hd)
+        out = out.transpose(1, 2).reshape(B, Nq, D)  # a view for SDPA's output, which is (B, Nq, H, hd) in memory
         return linear(out, self.proj), (weights if need_weights else None)
 
 
@@ -277,7 +282,12 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + Drop(Attn(LN(x))), then x + Drop(MLP(LN(x)))."""
+    """Pre-norm transformer block: x + Drop(Attn(LN(x))), then x + Drop(MLP(LN(x))).
+
+    ``cls_only=True`` computes the block's output for the CLS token alone, (B, 1, D): the same numbers as
+    the first row of the full output (attention reads every token's keys and values; the projection, the
+    residuals and the MLP work token by token), for a last block whose other outputs nobody reads.
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_hidden: int, *, qkv_bias: bool = True, act: str = "gelu",
                  eps: float = 1e-6, drop: float = 0.0, attn_drop: float = 0.0, eager: bool = False):
@@ -288,22 +298,22 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, mlp_hidden, act)
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, head_mask: torch.Tensor | None = None,
-                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # x: (B, N, D)
+    def forward(self, x: torch.Tensor, head_mask: torch.Tensor | None = None, need_weights: bool = False,
+                cls_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # x: (B, N, D) -> (B, N, D), or (B, 1, D) with cls_only
         B, N, _ = x.shape
         # (the oneDNN test first: under torch.export / compile it is False and no guard on B is recorded)
         if (_use_onednn(x, self.mlp.fc1.weight) and head_mask is None and not need_weights and B > 1
                 and B * N > CHUNK_ABOVE):
             # CPU inference on many tokens: whole images at a time, so that every activation stays in cache
             per = max(1, CHUNK_TOKENS // N)
-            return torch.cat([self._forward(chunk)[0] for chunk in x.split(per)]), None  # (B, N, D)
-        return self._forward(x, head_mask, need_weights)
+            return torch.cat([self._forward(chunk, cls_only=cls_only)[0] for chunk in x.split(per)]), None
+        return self._forward(x, head_mask, need_weights, cls_only)
 
-    def _forward(self, x: torch.Tensor, head_mask: torch.Tensor | None = None,
-                 need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        y, weights = self.attn(self.norm1(x), head_mask=head_mask, need_weights=need_weights)
-        x = x + self.drop(y)
+    def _forward(self, x: torch.Tensor, head_mask: torch.Tensor | None = None, need_weights: bool = False,
+                 cls_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y, weights = self.attn(self.norm1(x), head_mask=head_mask, need_weights=need_weights, cls_only=cls_only)
+        x = (x[:, :1] if cls_only else x) + self.drop(y)
         x = x + self.drop(self.mlp(self.norm2(x)))
         return x, weights
 

@@ -25,7 +25,7 @@ from vitmsn.models.layers import Block, PatchEmbed, init_weights, interpolate_po
 class EncoderOutput:
     """What the encoder produced: final tokens, and optional per-layer states and attention maps."""
 
-    tokens: torch.Tensor  # (B, 1 + K, D), after the final LayerNorm
+    tokens: torch.Tensor  # (B, 1 + K, D), after the final LayerNorm; (B, 1, D) with cls_only
     hidden_states: tuple[torch.Tensor, ...] | None = None  # L + 1 entries, the last before the final norm
     attentions: tuple[torch.Tensor, ...] | None = None  # L entries of (B, H, 1 + K, 1 + K)
 
@@ -121,21 +121,31 @@ class VisionTransformer(nn.Module):
     def forward_features(self, pixel_values: torch.Tensor, *, keep_idx: torch.Tensor | None = None,
                          bool_masked_pos: torch.Tensor | None = None, interpolate_pos_encoding: bool = False,
                          head_mask: torch.Tensor | None = None, output_attentions: bool = False,
-                         output_hidden_states: bool = False, normalize: bool = True) -> EncoderOutput:
-        """Run the encoder; ``tokens`` are after the final LayerNorm unless ``normalize=False``."""
+                         output_hidden_states: bool = False, normalize: bool = True,
+                         cls_only: bool = False) -> EncoderOutput:
+        """Run the encoder; ``tokens`` are after the final LayerNorm unless ``normalize=False``.
+
+        ``cls_only=True`` is for callers that read only the CLS token (classification, features, MSN): the
+        last block is computed for the CLS token alone and ``tokens`` is (B, 1, D), the same numbers as
+        ``tokens[:, :1]`` without it. It cannot be combined with per-layer outputs.
+        """
+        if cls_only and (output_hidden_states or output_attentions):
+            raise ValueError("cls_only=True gives the CLS token only; it cannot return hidden states or attentions")
         x = self.embed(pixel_values, bool_masked_pos, keep_idx, interpolate_pos_encoding)
         head_masks = self._expand_head_mask(head_mask, x.dtype)
         hidden: list[torch.Tensor] = []
         attentions: list[torch.Tensor] = []
         checkpoint = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             if output_hidden_states:
                 hidden.append(x)
             hm = None if head_masks is None else head_masks[i]
+            only = cls_only and i == last
             if checkpoint:
-                x, w = torch.utils.checkpoint.checkpoint(block, x, hm, output_attentions, use_reentrant=False)
+                x, w = torch.utils.checkpoint.checkpoint(block, x, hm, output_attentions, only, use_reentrant=False)
             else:
-                x, w = block(x, hm, output_attentions)
+                x, w = block(x, hm, output_attentions, only)
             if output_attentions:
                 attentions.append(w)
         if output_hidden_states:
@@ -153,7 +163,8 @@ class VisionTransformer(nn.Module):
     def forward(self, pixel_values: torch.Tensor, keep_idx: torch.Tensor | None = None,
                 interpolate_pos_encoding: bool = True) -> torch.Tensor:
         """CLS features (B, D) after the final norm; interpolates position embeddings for other sizes."""
-        out = self.forward_features(pixel_values, keep_idx=keep_idx, interpolate_pos_encoding=interpolate_pos_encoding)
+        out = self.forward_features(pixel_values, keep_idx=keep_idx, interpolate_pos_encoding=interpolate_pos_encoding,
+                                    cls_only=True)
         return self.forward_head(out.tokens)
 
     def _expand_head_mask(self, head_mask: torch.Tensor | None, dtype: torch.dtype) -> list | None:

@@ -2,11 +2,11 @@
 
 :class:`~vitmsn.msn.transforms.MSNViews` augments one image at a time in DataLoader workers, with
 torchvision's transforms: it takes images of any size, but on a small machine the workers compete with
-the model for the same cores (on 2 CPU cores, the ``fashion-mnist`` preset's views of 128 images cost
-about 99 ms made one image at a time, near a whole training step; ``bench/parts.py``, rows ``views``).
-When every image has the same size and the data set sits in memory as one uint8 array,
-:class:`BatchViews` draws the same augmentations for a batch with a handful of tensor operations, on the
-CPU or the GPU, at a fraction of that cost (about 11 ms for the same batch):
+the model for the same cores (on 2 CPU cores, the ``fashion-mnist`` preset's views of a batch made one
+image at a time take close to a whole training step; ``bench/parts.py``, rows ``views``). When every
+image has the same size and the data set sits in memory as one uint8 array, :class:`BatchViews` draws the
+same augmentations for a batch with a handful of tensor operations, on the CPU or the GPU, in about a
+ninth of that time:
 
 - **crop**: ``RandomResizedCrop``'s box distribution (10 tries of area and log-aspect-ratio, then the
   whole image), resampled with ``torchvision.ops.roi_align`` (``aligned=True``): bilinear, with

@@ -28,9 +28,10 @@ class MSNNetwork(nn.Module):
 
     def embed(self, images: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) -> (B, out_dim); only the kept patch tokens are computed."""
+        # MSN reads the CLS token only: the last block is computed for it alone, and so is the final
+        # LayerNorm (it works token by token: on the CLS token alone it gives the same numbers)
         tokens = self.encoder.forward_features(images, keep_idx=keep_idx, interpolate_pos_encoding=True,
-                                               normalize=False).tokens  # (B, 1 + K, D), before the final norm
-        # the final LayerNorm works token by token: on the CLS token alone it gives the same numbers
+                                               normalize=False, cls_only=True).tokens  # (B, 1, D), before the norm
         return self.head(self.encoder.norm(tokens[:, 0]))
 
     def forward(self, *groups: torch.Tensor, keep_idx: torch.Tensor | None = None) -> torch.Tensor:
