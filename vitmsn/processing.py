@@ -247,6 +247,11 @@ def _channel_axis_is_first(shape: tuple[int, ...], input_data_format: str | None
     )
 
 
+def _is_rgb_pil(image: Any) -> bool:
+    """A non-empty RGB PIL image: what ``_to_chw_array`` would turn into a (3, H, W) uint8 view unchanged."""
+    return isinstance(image, PIL.Image.Image) and image.mode == "RGB" and image.width > 0 and image.height > 0
+
+
 def _pil_to_rgb_array(image: PIL.Image.Image, do_convert_rgb: bool | None) -> np.ndarray:
     """PIL image -> (H, W, C) array; transparency is composited on white when converting."""
     if do_convert_rgb is False or (do_convert_rgb is None and image.mode == "RGB"):
@@ -357,8 +362,13 @@ def _needs_unit_rescale(chw: np.ndarray) -> bool:
     )
 
 
-def _pil_resize(chw: np.ndarray, out_hw: tuple[int, int], resample: int) -> np.ndarray:
-    """Resize (C, H, W) -> (C, h, w) through a uint8 PIL image, as transformers' PIL backend does."""
+def _pil_resize(chw: np.ndarray | PIL.Image.Image, out_hw: tuple[int, int], resample: int) -> np.ndarray:
+    """Resize (C, H, W) -> (C, h, w) through a uint8 PIL image, as transformers' PIL backend does.
+
+    An RGB PIL image is resized as it is: it is the image transformers rebuilds from its array.
+    """
+    if isinstance(chw, PIL.Image.Image):
+        return np.moveaxis(np.array(chw.resize((out_hw[1], out_hw[0]), resample=resample)), -1, 0)
     unit = _needs_unit_rescale(chw)
     hwc = np.moveaxis(chw, 0, -1)
     if hwc.shape[-1] == 1:
@@ -428,11 +438,15 @@ def _torch_resize(batch: torch.Tensor, out_hw: tuple[int, int], resample: int) -
     return F.interpolate(batch.float(), size=out_hw, mode=mode, **kwargs)
 
 
-def _common_output_shape(arrays: list[np.ndarray], size: Mapping[str, int],
+def _chw_shape(image: np.ndarray | PIL.Image.Image) -> tuple[int, int, int]:
+    """(C, H, W) of a channels-first array or of an RGB PIL image kept for the PIL backend's resize."""
+    return (3, image.height, image.width) if isinstance(image, PIL.Image.Image) else image.shape
+
+
+def _common_output_shape(arrays: list[np.ndarray | PIL.Image.Image], size: Mapping[str, int],
                          do_resize: bool) -> tuple[int, int, int] | None:
     """The (C, h, w) every (C, H, W) image comes out as, or None if they come out in different shapes."""
-    shapes = {(chw.shape[0], *(_output_size(size, *chw.shape[1:]) if do_resize else chw.shape[1:]))
-              for chw in arrays}
+    shapes = {(c, *(_output_size(size, h, w) if do_resize else (h, w))) for c, h, w in map(_chw_shape, arrays)}
     return shapes.pop() if len(shapes) == 1 else None
 
 
@@ -591,11 +605,13 @@ class ViTImageProcessor:
         std = _standardize_stats(opts["image_std"], "image_std")
         rescale_factor = float(opts["rescale_factor"])
 
+        # each (C, H, W); the PIL backend resizes RGB PIL images as they are (no round trip through an array)
+        keep_pil = self.backend != "torch" and opts["do_resize"]
         arrays = [
-            _to_chw_array(image, opts["do_convert_rgb"], input_data_format)
+            image if keep_pil and _is_rgb_pil(image) else _to_chw_array(image, opts["do_convert_rgb"], input_data_format)
             for image in _flatten_images(images)
-        ]  # each (C, H, W)
-        if opts["do_rescale"] and any(_looks_prescaled(chw) for chw in arrays):
+        ]
+        if opts["do_rescale"] and any(isinstance(chw, np.ndarray) and _looks_prescaled(chw) for chw in arrays):
             warnings.warn(
                 "A floating-point image with values in [0, 1] is being rescaled by rescale_factor again (as "
                 "transformers does). If the image is already scaled to [0, 1], pass do_rescale=False.",
@@ -623,7 +639,7 @@ class ViTImageProcessor:
             pixel_values = []
             for i, chw in enumerate(arrays):
                 if opts["do_resize"]:
-                    chw = _pil_resize(chw, _output_size(size, *chw.shape[1:]), resample)
+                    chw = _pil_resize(chw, _output_size(size, *_chw_shape(chw)[1:]), resample)
                 if chw.dtype == np.uint8:
                     chw = _through_table(chw, rescale_normalize, out=None if whole is None else whole[i])
                 else:
