@@ -24,9 +24,11 @@ and run two steps on the same views and kept tokens; their losses and gradient n
 (``parity``).
 
 Target (per configuration): vitmsn images/s >= 1.5 x lightly's, with no more peak memory.
-GPU variants (CUDA only): the same under bf16 autocast.
+GPU variants (CUDA only): the same under bf16 autocast. ``--compile`` adds vitmsn's step under
+``torch.compile`` (the ``compile`` setting of pretraining) as a third row, on every device.
 
     python bench/pretrain_step.py [--quick] [--configs fashion-mnist,vit-small/16] [--batch 8] [--no-lightly]
+                                  [--compile]
 """
 
 from __future__ import annotations
@@ -198,11 +200,12 @@ class VitmsnStep:
     def __init__(self, cfg, device):
         import torch
 
-        from vitmsn.msn.train import build_criterion, build_state, schedules
+        from vitmsn.msn.train import build_criterion, build_state, networks_to_call, schedules
 
         self.cfg, self.device = cfg, torch.device(device)
         torch.manual_seed(cfg.seed)
         self.state = build_state(cfg, self.device)
+        self.online, self.target = networks_to_call(self.state, cfg)  # torch.compile'd with cfg.compile
         self.criterion = build_criterion(cfg)
         self.sched = schedules(cfg, STEPS_PER_EPOCH)
         self.num_patches = cfg.encoder_config().num_patches
@@ -219,7 +222,8 @@ class VitmsnStep:
         if keep_idx is None:
             keep_idx = mask_for_step(cfg, state.step, cfg.rand_views * len(views[0]), self.num_patches,
                                      self.device)  # (R*b, K)
-        out, grad_norm, _ = train_step(state, cfg, self.criterion, self.sched, list(views), keep_idx, amp=self.amp)
+        out, grad_norm, _ = train_step(state, cfg, self.criterion, self.sched, list(views), keep_idx,
+                                       online=self.online, target=self.target, amp=self.amp)
         return out.loss.detach(), grad_norm
 
 
@@ -458,7 +462,9 @@ def memory_child(args: argparse.Namespace) -> None:
     baseline = _status_mb("VmRSS")
     if args.child_device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    step = (VitmsnStep if args.child == "vitmsn" else LightlyStep)(cfg, args.child_device)
+    if args.child == "vitmsn-compile":
+        cfg = cfg.with_overrides({"compile": True})
+    step = (LightlyStep if args.child == "lightly" else VitmsnStep)(cfg, args.child_device)
     views = make_views(cfg, args.child_device)
     for _ in range(args.child_steps):
         step(views)
@@ -536,6 +542,10 @@ def run_config(args, config: str, device: str, threads: int, use_lightly: bool,
     info["steps_per_repeat"] = steps
     info["trainable_params"] = {"vitmsn": ours.trainable_params()}
     cases = {"vitmsn": ours}
+    if args.compile:  # the same step with torch.compile (PretrainConfig.compile); compiled during warm-up
+        cases["vitmsn-compile"] = VitmsnStep(cfg.with_overrides({"compile": True}), device)
+        print(f"{config}: compiling vitmsn's step (torch.compile) ...", flush=True)
+        cases["vitmsn-compile"](views)
     if use_lightly:
         theirs = LightlyStep(cfg, device, init=ours)
         info["trainable_params"]["lightly"] = theirs.trainable_params()
@@ -573,7 +583,7 @@ def run_config(args, config: str, device: str, threads: int, use_lightly: bool,
         row["peak_memory_mb"] = peak_of(mem[side], device)
         share = f" ({100 * row['peak_share']:.0f}% of the matmul peak)" if peak else ""
         print(
-            f"  {side:8s} {row['images_per_s']:9.1f} img/s  {row['median_s'] * 1e3:9.1f} ms/step  "
+            f"  {side:14s} {row['images_per_s']:9.1f} img/s  {row['median_s'] * 1e3:9.1f} ms/step  "
             f"{row['gflops']:6.1f} GFLOP/s{share}  peak memory +{row['peak_memory_mb']:.0f} MiB"
         )
     info["rows"] = list(rows.values())
@@ -624,8 +634,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-lightly", action="store_true", help="time vitmsn alone even when lightly is installed"
     )
+    p.add_argument("--compile", action="store_true",
+                   help="also time vitmsn's step under torch.compile (the `compile` setting; minutes to compile)")
     # the memory subprocess (internal)
-    p.add_argument("--child", choices=("vitmsn", "lightly"), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=("vitmsn", "vitmsn-compile", "lightly"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-config", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-device", default="cpu", help=argparse.SUPPRESS)
     p.add_argument("--child-steps", type=int, default=3, help=argparse.SUPPRESS)

@@ -75,6 +75,10 @@ class PretrainConfig:
     ema_end: float = 1.0
     schedule_stretch: float = 1.25  # schedules run over stretch x the run, as the original's ipe_scale
     bf16: bool = False  # autocast to bfloat16 (GPU); off by default on CPU
+    # torch.compile the online network and the target (opt-in): the first steps wait for the compilation
+    # (a minute or more). On 2 CPU cores, bench/pretrain_step.py --compile measured it faster on the
+    # fashion-mnist preset and slower on ViT-S/16; not measured on a GPU here
+    compile: bool = False
     seed: int = 0
     # -- logging and checkpoints
     out: str = "runs/msn"

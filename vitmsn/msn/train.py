@@ -255,15 +255,29 @@ def build_criterion(cfg: PretrainConfig) -> MSNLoss:
                    use_sinkhorn=cfg.use_sinkhorn, label_smoothing=cfg.label_smoothing)
 
 
+def networks_to_call(state: MSNState, cfg: PretrainConfig,
+                     online: torch.nn.Module | None = None) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The online network (``state.online`` or its DDP wrapper) and the target that ``train_step`` calls:
+    compiled with ``torch.compile`` when ``cfg.compile`` (the state keeps the plain modules, so checkpoints
+    and the EMA update are unchanged)."""
+    online = state.online if online is None else online
+    if not cfg.compile:
+        return online, state.target
+    return torch.compile(online), torch.compile(state.target)
+
+
 def train_step(state: MSNState, cfg: PretrainConfig, criterion: MSNLoss, sched: dict[str, Schedule],
                views: list[torch.Tensor], keep_idx: torch.Tensor, *, online: torch.nn.Module | None = None,
+               target: torch.nn.Module | None = None,
                amp: Any = None) -> tuple[Any, torch.Tensor, tuple[float, float, float]]:
     """One MSN step on a batch of views ``[target, rand_1..R, focal_1..F]`` (each (b, C, H, W), on the device).
 
-    ``online`` is the network to call (``state.online`` or its DDP wrapper). Returns the loss terms, the
-    gradient norm before clipping, and the (lr, weight decay, momentum) the step used.
+    ``online`` and ``target`` are the networks to call (by default ``state.online`` and ``state.target``;
+    a DDP wrapper, or what :func:`networks_to_call` returns). Returns the loss terms, the gradient norm
+    before clipping, and the (lr, weight decay, momentum) the step used.
     """
     online = state.online if online is None else online
+    target = state.target if target is None else target
     amp = amp if amp is not None else torch.autocast("cpu", enabled=False)
     step = state.step
     # -- schedules (lr and weight decay as the original's pre-incremented counters)
@@ -278,7 +292,7 @@ def train_step(state: MSNState, cfg: PretrainConfig, criterion: MSNLoss, sched: 
     with amp:
         anchor_z = online(rand, focal, keep_idx=keep_idx)  # ((R+F)*b, d)
         with torch.no_grad(), unpacked_weights():  # the EMA changes the target's weights at every step
-            target_z = state.target(targets_in)  # (b, d)
+            target_z = target(targets_in)  # (b, d)
 
     # Step 2: MSN loss, backward, prototype gradients summed over processes, clip, step
     out = criterion(anchor_z.float(), target_z.float(), state.prototypes.weight)
@@ -331,7 +345,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
 
     # -- networks, prototypes, optimizer; the loss
     state = build_state(cfg, dev, init=None if resume else init)
-    online = DistributedDataParallel(state.online) if W > 1 else state.online
+    online, target = networks_to_call(
+        state, cfg, DistributedDataParallel(state.online) if W > 1 else state.online)
     criterion = build_criterion(cfg)
     if resume:
         state.load_state_dict(load_checkpoint(ckpt_dir / LATEST))
@@ -353,8 +368,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
                 views = [v.to(dev, non_blocking=True) for v in views]  # [target, rand_1..R, focal_1..F], (b, ...)
                 keep_idx = mask_for_step(cfg, step, cfg.rand_views * b * W, num_patches, dev)  # (R*b, K)
                 try:
-                    out_loss, grad_norm, (lr, wd, momentum) = train_step(state, cfg, criterion, sched, views,
-                                                                         keep_idx, online=online, amp=amp)
+                    out_loss, grad_norm, (lr, wd, momentum) = train_step(
+                        state, cfg, criterion, sched, views, keep_idx, online=online, target=target, amp=amp)
                 except NonFiniteLossError as e:
                     raise NonFiniteLossError(f"{e}; the last good checkpoint is {ckpt_dir / LATEST}. Lower lr or "
                                              "turn bf16 off, then resume with --resume.") from None
