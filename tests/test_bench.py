@@ -15,7 +15,18 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("timm")
 
-from bench import ab, common, inference, lowshot, masking, parts, preprocess, pretrain_step, report  # noqa: E402
+from bench import (  # noqa: E402
+    ab,
+    common,
+    inference,
+    lowshot,
+    masking,
+    parts,
+    preprocess,
+    pretrain_e2e,
+    pretrain_step,
+    report,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MACHINE_KEYS = {"cpu", "cores", "torch", "torch_threads", "date", "loadavg", "loadavg_end", "cuda"}
@@ -76,6 +87,14 @@ def test_parts(results_dir):
     rows = read(results_dir, "parts")["results"]["rows"]
     assert {"adamw", "target", "resize"} <= {r["part"] for r in rows}
     assert all(r["median_s"] > 0 for r in rows)
+
+
+def test_pretrain_e2e(results_dir):
+    pretrain_e2e.main(["--quick", "--results-dir", str(results_dir)])
+    res = read(results_dir, "pretrain_e2e")["results"]
+    sides = {r["side"]: r for r in res["rows"]}
+    assert {"vitmsn", "vitmsn-workers"} <= set(sides)
+    assert all(0 < r["views_median_s"] < r["median_s"] for r in sides.values())  # the views are part of a step
 
 
 def test_masking(results_dir):
