@@ -99,6 +99,11 @@ def test_parity_input_kinds(photos, cfg_name):
     assert_same(ours(rgba, cfg), ref(rgba, cfg, do_convert_rgb=True))
     pil_rgba = PIL.Image.fromarray(rgba)
     assert_same(ours(pil_rgba, cfg), ref(pil_rgba, cfg, do_convert_rgb=True))
+    # palette images, with and without a transparent colour
+    palette = PIL.Image.fromarray(cof).convert("P")
+    assert_same(ours(palette, cfg), ref(palette, cfg, do_convert_rgb=True))
+    palette.info["transparency"] = 0
+    assert_same(ours(palette, cfg), ref(palette, cfg, do_convert_rgb=True))
 
 
 @pytest.mark.parametrize("cfg_name", ["default", "msn"])

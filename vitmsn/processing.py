@@ -247,20 +247,25 @@ def _channel_axis_is_first(shape: tuple[int, ...], input_data_format: str | None
     )
 
 
-def _is_rgb_pil(image: Any) -> bool:
-    """A non-empty RGB PIL image: what ``_to_chw_array`` would turn into a (3, H, W) uint8 view unchanged."""
-    return isinstance(image, PIL.Image.Image) and image.mode == "RGB" and image.width > 0 and image.height > 0
-
-
-def _pil_to_rgb_array(image: PIL.Image.Image, do_convert_rgb: bool | None) -> np.ndarray:
-    """PIL image -> (H, W, C) array; transparency is composited on white when converting."""
-    if do_convert_rgb is False or (do_convert_rgb is None and image.mode == "RGB"):
-        return np.array(image)
+def _pil_to_rgb(image: PIL.Image.Image, do_convert_rgb: bool | None) -> PIL.Image.Image:
+    """The PIL image whose pixels are used: RGB (transparency composited on white) unless
+    ``do_convert_rgb=False``."""
+    if do_convert_rgb is False or image.mode == "RGB":
+        return image
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.array(PIL.Image.alpha_composite(white, rgba).convert("RGB"))
-    return np.array(image.convert("RGB"))
+        return PIL.Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _pil_for_resize(image: Any, do_convert_rgb: bool | None) -> PIL.Image.Image | None:
+    """For the PIL backend's resize: the non-empty RGB PIL image of ``image`` (the one ``_to_chw_array``
+    would make a uint8 array of and the resize would rebuild from that array), or None."""
+    if not isinstance(image, PIL.Image.Image):
+        return None
+    rgb = _pil_to_rgb(image, do_convert_rgb)
+    return rgb if rgb.mode == "RGB" and rgb.width > 0 and rgb.height > 0 else None
 
 
 def _array_to_rgb(hwc: np.ndarray) -> np.ndarray:
@@ -285,7 +290,7 @@ def _array_to_rgb(hwc: np.ndarray) -> np.ndarray:
 def _to_chw_array(image: Any, do_convert_rgb: bool | None, input_data_format: str | None) -> np.ndarray:
     """One image -> (C, H, W) numpy array in its original dtype, RGB unless ``do_convert_rgb=False``."""
     if isinstance(image, PIL.Image.Image):
-        array = _pil_to_rgb_array(image, do_convert_rgb)
+        array = np.array(_pil_to_rgb(image, do_convert_rgb))
         hwc = array[..., None] if array.ndim == 2 else array
         return np.moveaxis(hwc, -1, 0)  # a view: the PIL resize moves the axis back without a copy
 
@@ -605,12 +610,12 @@ class ViTImageProcessor:
         std = _standardize_stats(opts["image_std"], "image_std")
         rescale_factor = float(opts["rescale_factor"])
 
-        # each (C, H, W); the PIL backend resizes RGB PIL images as they are (no round trip through an array)
+        # each (C, H, W); the PIL backend resizes PIL images as RGB PIL images (no round trip through an array)
         keep_pil = self.backend != "torch" and opts["do_resize"]
-        arrays = [
-            image if keep_pil and _is_rgb_pil(image) else _to_chw_array(image, opts["do_convert_rgb"], input_data_format)
-            for image in _flatten_images(images)
-        ]
+        arrays: list[np.ndarray | PIL.Image.Image] = []
+        for image in _flatten_images(images):
+            kept = _pil_for_resize(image, opts["do_convert_rgb"]) if keep_pil else None
+            arrays.append(kept if kept is not None else _to_chw_array(image, opts["do_convert_rgb"], input_data_format))
         if opts["do_rescale"] and any(isinstance(chw, np.ndarray) and _looks_prescaled(chw) for chw in arrays):
             warnings.warn(
                 "A floating-point image with values in [0, 1] is being rescaled by rescale_factor again (as "
