@@ -259,6 +259,16 @@ def test_compiled_run_matches_eager(tmp_path):
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-3)  # AdamW amplifies rounding differences
 
 
+def test_compile_without_a_compiler_is_one_clear_error(tmp_path, monkeypatch):
+    from vitmsn.msn import train
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(train.shutil, "which", lambda name: None)
+    with pytest.raises(ValueError, match="compile=true needs a C[+][+] compiler"):
+        train.pretrain(tiny_config(tmp_path, max_steps=1, compile=True), device="cpu", progress=False,
+                       dataset=Shapes())
+
+
 def test_adamw_falls_back_without_a_fused_kernel(monkeypatch):
     from vitmsn.msn import train
 

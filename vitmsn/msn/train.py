@@ -12,6 +12,8 @@ import copy
 import dataclasses
 import json
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -263,7 +265,21 @@ def networks_to_call(state: MSNState, cfg: PretrainConfig,
     online = state.online if online is None else online
     if not cfg.compile:
         return online, state.target
+    check_compile_support(next(state.online.parameters()).device)
     return torch.compile(online), torch.compile(state.target)
+
+
+def check_compile_support(device: torch.device) -> None:
+    """torch.compile's default backend builds kernels (C++ on CPU, Triton on CUDA); say so before the first
+    step rather than with a compiler's traceback in the middle of it."""
+    if device.type == "cpu" and not (os.environ.get("CXX") or any(map(shutil.which, ("g++", "c++", "clang++")))):
+        raise ValueError("compile=true needs a C++ compiler on CPU (torch.compile builds C++ kernels): install g++ "
+                         "or clang++, or set compile=false")
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            raise ValueError("compile=true needs Triton on CUDA (pip install triton), or set compile=false")
 
 
 def train_step(state: MSNState, cfg: PretrainConfig, criterion: MSNLoss, sched: dict[str, Schedule],
