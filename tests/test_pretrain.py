@@ -211,6 +211,10 @@ def test_resume_refuses_changed_settings(tmp_path):
     changed = tiny_config(tmp_path / "r", max_steps=2, lr=0.5)
     with pytest.raises(ValueError, match=r"lr \(run: 0.001, now: 0.5\)"):
         pretrain(changed, resume=True, device="cpu", progress=False, dataset=Shapes())
+    # how the step runs may change: compile gives the same losses and checkpoints
+    from vitmsn.msn.train import _check_run_folder
+
+    assert _check_run_folder(tiny_config(tmp_path / "r", max_steps=2, compile=True), tmp_path / "r", True).compile
 
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path):

@@ -104,6 +104,12 @@ def test_parity_input_kinds(photos, cfg_name):
     assert_same(ours(palette, cfg), ref(palette, cfg, do_convert_rgb=True))
     palette.info["transparency"] = 0
     assert_same(ours(palette, cfg), ref(palette, cfg, do_convert_rgb=True))
+    # an RGB image with a transparent colour: composited with do_convert_rgb=True, kept as it is by default
+    keyed = PIL.Image.fromarray(cof)
+    keyed.info["transparency"] = tuple(int(v) for v in cof[0, 0])
+    assert_same(ours(keyed, cfg, do_convert_rgb=True), ref(keyed, cfg, do_convert_rgb=True))
+    assert_same(ours(keyed, cfg), ref(keyed, cfg))
+    assert not np.array_equal(ours(keyed, cfg, do_convert_rgb=True), ours(keyed, cfg))
 
 
 @pytest.mark.parametrize("cfg_name", ["default", "msn"])

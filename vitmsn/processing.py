@@ -249,8 +249,9 @@ def _channel_axis_is_first(shape: tuple[int, ...], input_data_format: str | None
 
 def _pil_to_rgb(image: PIL.Image.Image, do_convert_rgb: bool | None) -> PIL.Image.Image:
     """The PIL image whose pixels are used: RGB (transparency composited on white) unless
-    ``do_convert_rgb=False``."""
-    if do_convert_rgb is False or image.mode == "RGB":
+    ``do_convert_rgb=False``; an RGB image as it is unless ``do_convert_rgb=True`` (which also composites
+    the transparent colour some RGB images carry)."""
+    if do_convert_rgb is False or (do_convert_rgb is None and image.mode == "RGB"):
         return image
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")

@@ -286,7 +286,8 @@ class Block(nn.Module):
 
     ``cls_only=True`` computes the block's output for the CLS token alone, (B, 1, D): the same numbers as
     the first row of the full output (attention reads every token's keys and values; the projection, the
-    residuals and the MLP work token by token), for a last block whose other outputs nobody reads.
+    residuals and the MLP work token by token), for a last block whose other outputs nobody reads. With
+    dropout in training the random draws differ (same distribution, other numbers).
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_hidden: int, *, qkv_bias: bool = True, act: str = "gelu",

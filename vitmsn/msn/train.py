@@ -49,7 +49,7 @@ logger = logging.getLogger("vitmsn")
 LATEST = "latest.pt"
 # settings that may differ between a run and its resumption (everything else must match)
 _RESUMABLE_CHANGES = {"out", "num_workers", "log_every", "max_steps", "checkpoint_every", "checkpoint_every_steps",
-                      "tensorboard", "data"}
+                      "tensorboard", "data", "compile"}
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -272,9 +272,17 @@ def networks_to_call(state: MSNState, cfg: PretrainConfig,
 def check_compile_support(device: torch.device) -> None:
     """torch.compile's default backend builds kernels (C++ on CPU, Triton on CUDA); say so before the first
     step rather than with a compiler's traceback in the middle of it."""
-    if device.type == "cpu" and not (os.environ.get("CXX") or any(map(shutil.which, ("g++", "c++", "clang++")))):
-        raise ValueError("compile=true needs a C++ compiler on CPU (torch.compile builds C++ kernels): install g++ "
-                         "or clang++, or set compile=false")
+    if device.type == "cpu":
+        try:  # the compilers inductor tries, in its order ($CXX, else g++)
+            from torch._inductor import config
+
+            candidates = [c for c in config.cpp.cxx if c]
+        except (ImportError, AttributeError):  # pragma: no cover - other torch versions
+            candidates = [os.environ.get("CXX", "g++")]
+        if not any(map(shutil.which, candidates)):
+            raise ValueError(f"compile=true needs a C++ compiler on CPU (torch.compile builds C++ kernels with "
+                             f"{' or '.join(candidates)}): install g++ or point CXX to a compiler, or set "
+                             "compile=false")
     if device.type == "cuda":
         from torch.utils._triton import has_triton
 
