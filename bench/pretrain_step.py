@@ -165,7 +165,7 @@ def step_flops(cfg) -> dict[str, int]:
     gradient (an upper bound by the patch embedding, whose input gradient is not needed). Element-wise work,
     softmax, LayerNorm, the loss's Sinkhorn and the optimizer are not counted.
     """
-    from bench.inference import block_flops
+    from bench.inference import block_flops, cls_block_flops
     from vitmsn.msn.masking import num_kept_patches
 
     D, M, L, p, C = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.patch_size, cfg.num_channels
@@ -174,8 +174,7 @@ def step_flops(cfg) -> dict[str, int]:
     def encoder(images: int, size: int, tokens: int | None = None) -> int:
         P = (size // p) ** 2  # every patch is embedded; the blocks see the kept ones and the class token
         N = 1 + (P if tokens is None else tokens)
-        last = 2 * N * D * 3 * D + 2 * N * D * 2 + 2 * D * D + 2 * D * M * 2  # the CLS token's last block
-        return images * (2 * P * C * p * p * D + (L - 1) * block_flops(N, D, M) + last)
+        return images * (2 * P * C * p * p * D + (L - 1) * block_flops(N, D, M) + cls_block_flops(N, D, M))
 
     def head(images: int) -> int:
         return images * 2 * (D * h + h * h + h * o + o * K)

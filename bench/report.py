@@ -139,7 +139,8 @@ def render_inference(d: dict) -> str:
         f"fp32 matmul peak measured in the same run: {res['peak_gflops']:.1f} GFLOP/s (before "
         f"{res['peak_gflops_before']:.1f}, after {res['peak_gflops_after']:.1f}). Images/s are medians of "
         f"{d['config']['repeats']} interleaved repeats; GFLOP/s counts the model's matmul FLOPs "
-        "(`vit_flops` in `bench/inference.py`); max|diff| is the CLS feature's largest difference from "
+        "(`vit_flops` in `bench/inference.py`; for `vitmsn-cls`, whose last block runs for the CLS token "
+        "only, the FLOPs it computes); max|diff| is the CLS feature's largest difference from "
         "transformers-eager on the same weights."
     ]
     models = sorted({r["model"] for r in res["rows"]}, key=lambda m: ("base" in m, m))
@@ -174,6 +175,7 @@ def render_inference(d: dict) -> str:
                 "vitmsn / faster transformers",
                 "faster transformers path",
                 "vitmsn / timm",
+                "vitmsn-cls / timm (CLS features both)",
                 "vitmsn % of matmul peak",
             ],
             [
@@ -183,6 +185,7 @@ def render_inference(d: dict) -> str:
                     f(r["vs_transformers"], 3),
                     r["faster_transformers"],
                     f(r["vs_timm"], 3),
+                    f(r["cls_features_vs_timm"], 3) if "cls_features_vs_timm" in r else "",
                     f(100 * r["vitmsn_peak_share"]),
                 ]
                 for r in res["ratios"]

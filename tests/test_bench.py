@@ -72,8 +72,17 @@ def test_inference(results_dir):
     for r in res["rows"]:
         assert r["images_per_s"] > 0 and 0 < r["peak_share"]
         assert r["max_abs_diff_vs_transformers_eager"] < 1e-4  # the same weights in every library
-    assert {"vs_transformers", "vs_timm", "vitmsn_peak_share"} <= set(res["ratios"][0])
+    assert {"vs_transformers", "vs_timm", "cls_features_vs_timm", "vitmsn_peak_share"} <= set(res["ratios"][0])
     assert data["targets"]
+
+
+def test_cls_only_flops():
+    """The CLS-only last block: every token's keys and values, one token's attention, projection and MLP."""
+    full, one = inference.block_flops(197, 768, 3072), inference.cls_block_flops(197, 768, 3072)
+    assert one == 2 * 197 * 768 * 3 * 768 + 2 * 197 * 768 * 2 + 2 * 768 * 768 + 2 * 768 * 3072 * 2
+    assert 0.2 < one / full < 0.3  # qkv of every token is a quarter of a block
+    f = inference.vit_flops(768, 12, 3072)
+    assert f["total"] - f["total_cls_only"] == full - one
 
 
 def test_vit_flops():
