@@ -29,6 +29,7 @@ SCRIPTS = {
     "lowshot": "low-shot evaluation wall time: features + logistic regression on Fashion-MNIST 60k/10k",
     "parts": "the parts behind the pretraining-step and preprocessing changes, each against its alternative",
     "pretrain_e2e": "MSN pretraining with the views made: vitmsn vs lightly's MSNTransform + MSN parts",
+    "op_profile": "where the time goes: torch.profiler's operator shares in vitmsn's inference and pretraining step",
 }
 NOT_MEASURED = "not measured yet"
 
@@ -480,6 +481,18 @@ def render_pretrain_e2e(d: dict) -> str:
     return "\n".join(out)
 
 
+def render_op_profile(d: dict) -> str:
+    out = [f"Self CPU time per operator as a share of all operator time, over {d['config']['runs']} profiled "
+           "runs after warm-up (`torch.profiler`)."]
+    for name, r in d["results"].items():
+        groups = ", ".join(f"{g} {100 * v:.1f}%" for g, v in r["groups"].items())
+        rows = [[o["op"], o["group"], o["calls"] // r["runs"], f"{100 * o['share']:.1f}%"] for o in r["ops"][:10]]
+        out += ["", f"#### {name}: {r['what']}", "",
+                f"{r['self_cpu_ms_per_run']:.1f} ms of operator time per run; by group: {groups}.", "",
+                table(["operator", "group", "calls per run", "share"], rows)]
+    return "\n".join(out)
+
+
 def render_generic(d: dict) -> str:
     return "```json\n" + json.dumps(d["results"], indent=1)[:4000] + "\n```"
 
@@ -494,6 +507,7 @@ RENDER = {
     "lowshot": render_lowshot,
     "parts": render_parts,
     "pretrain_e2e": render_pretrain_e2e,
+    "op_profile": render_op_profile,
 }
 
 
@@ -514,7 +528,8 @@ def render(results: dict[str, dict], notes: str | None = None) -> str:
         'pip install -e ".[bench]"',
         "python bench/matmul_peak.py && python bench/inference.py && python bench/ab.py && "
         "python bench/masking.py && python bench/preprocess.py && python bench/pretrain_step.py --compile && "
-        "python bench/lowshot.py && python bench/parts.py && python bench/pretrain_e2e.py",
+        "python bench/lowshot.py && python bench/parts.py && python bench/pretrain_e2e.py && "
+        "python bench/op_profile.py",
         "python bench/report.py",
         "```",
         "",

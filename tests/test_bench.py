@@ -21,6 +21,7 @@ from bench import (  # noqa: E402
     inference,
     lowshot,
     masking,
+    op_profile,
     parts,
     preprocess,
     pretrain_e2e,
@@ -104,6 +105,14 @@ def test_pretrain_e2e(results_dir):
     sides = {r["side"]: r for r in res["rows"]}
     assert {"vitmsn", "vitmsn-workers"} <= set(sides)
     assert all(0 < r["views_median_s"] < r["median_s"] for r in sides.values())  # the views are part of a step
+
+
+def test_op_profile(results_dir):
+    op_profile.main(["--quick", "--results-dir", str(results_dir)])
+    res = read(results_dir, "op_profile")["results"]
+    for r in res.values():
+        assert abs(sum(o["share"] for o in r["ops"]) - 1) < 1e-6
+        assert r["groups"]["matmul"] > 0 and r["ops"][0]["share"] >= r["ops"][-1]["share"]
 
 
 def test_masking(results_dir):
