@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     threads = setup_torch(args.threads)
     machine = machine_info()
     batch = args.batch or (4 if args.quick else 32)
-    repeats = args.repeats or (2 if args.quick else 9)
+    repeats = args.repeats or (2 if args.quick else 21)
     images = photographs(batch, max_side=128 if args.quick else None)
     procs = processors()
     ref = procs["transformers-pil"](images, return_tensors="pt")["pixel_values"]

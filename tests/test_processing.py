@@ -142,6 +142,24 @@ def test_parity_mixed_batch(photos):
         assert_same(out.numpy(), ref(batch, cfg))
 
 
+def test_batch_resized_in_threads_is_the_same(photos, tmp_path):
+    """The PIL backend resizes the images of a batch on torch's thread count: the same bits as one thread
+    and as transformers, also for a lazily opened file that appears twice in the batch."""
+    PIL.Image.fromarray(photos["coffee"]).save(tmp_path / "coffee.png")
+    lazy = PIL.Image.open(tmp_path / "coffee.png")
+    batch = [lazy, PIL.Image.fromarray(photos["astronaut"]), lazy, photos["chelsea"]] * 3
+    previous = torch.get_num_threads()
+    try:
+        outs = {}
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs[threads] = ours(batch)
+    finally:
+        torch.set_num_threads(previous)
+    np.testing.assert_array_equal(outs[1], outs[2])
+    assert_same(outs[2], ref([PIL.Image.open(tmp_path / "coffee.png") if im is lazy else im for im in batch]))
+
+
 def test_parity_other_options(photos):
     img = photos["coffee"]
     for cfg, kwargs in [

@@ -11,7 +11,9 @@ Pipeline, per image (default ``backend="pil"``; identical numbers to transformer
 
 Steps 3-4 are element-wise, so for uint8 pixels they are computed once for each of the 256 levels of each
 channel and looked up (the same float32 bits, in one pass), into one output batch when every image comes
-out the same size.
+out the same size. PIL images are resized as the RGB PIL image they convert to (transformers goes through
+an array and back: the same pixels), and the images of a batch of large images are resized in threads
+(torch's intra-op thread count; PIL's resize runs without the GIL), each with the same numbers.
 
 Note, as in transformers: float inputs are *not* detected as already rescaled. A float image in [0, 1] with
 ``do_rescale=True`` is multiplied by ``rescale_factor`` again (a warning is emitted); pass ``do_rescale=False``
@@ -32,8 +34,10 @@ from __future__ import annotations
 import copy
 import json
 import os
+import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -266,7 +270,10 @@ def _pil_for_resize(image: Any, do_convert_rgb: bool | None) -> PIL.Image.Image 
     if not isinstance(image, PIL.Image.Image):
         return None
     rgb = _pil_to_rgb(image, do_convert_rgb)
-    return rgb if rgb.mode == "RGB" and rgb.width > 0 and rgb.height > 0 else None
+    if rgb.mode != "RGB" or rgb.width == 0 or rgb.height == 0:
+        return None
+    rgb.load()  # decode a lazily opened file here, once: the resizes may run in threads (_for_each_image)
+    return rgb
 
 
 def _array_to_rgb(hwc: np.ndarray) -> np.ndarray:
@@ -389,20 +396,54 @@ def _pil_resize(chw: np.ndarray | PIL.Image.Image, out_hw: tuple[int, int], resa
     return _rescale(out, 1 / 255) if unit else out
 
 
-def _through_table(chw: np.ndarray, fn: Any, out: np.ndarray | None = None) -> np.ndarray:
-    """``fn(chw)`` for a uint8 (C, H, W) image, computed once per channel and level and looked up.
+def _level_table(fn: Callable[[np.ndarray], np.ndarray], channels: int) -> np.ndarray:
+    """``fn`` (rescale, then normalize; element by element) of the 256 uint8 levels of each channel: (C, 256).
 
-    ``fn`` (rescale, then normalize) must work element by element: applying it to the 256 levels of each
-    channel and indexing then gives the same float32 bits as applying it to the image, in one pass instead
-    of several float64/float32 passes.
+    Looking an image's pixels up in it gives the same float32 bits as applying ``fn`` to the image, in one
+    pass instead of several float64/float32 passes.
     """
-    channels = chw.shape[0]
-    table = fn(np.broadcast_to(np.arange(256, dtype=np.uint8), (channels, 1, 256)).copy())  # (C, 1, 256)
+    return fn(np.broadcast_to(np.arange(256, dtype=np.uint8), (channels, 1, 256)).copy())[:, 0]
+
+
+def _through_table(chw: np.ndarray, table: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """A uint8 (C, H, W) image looked up in a (C, 256) table of :func:`_level_table`."""
     if out is None:
         out = np.empty(chw.shape, dtype=table.dtype)
-    for c in range(channels):
-        np.take(table[c, 0], chw[c], out=out[c])
+    for c in range(chw.shape[0]):
+        # uint8 indices are always in range: "clip" changes nothing but skips the buffer "raise" writes through
+        np.take(table[c], chw[c], out=out[c], mode="clip")
     return out
+
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+#: mean pixels per source image from which the PIL backend resizes a batch's images in threads; below it
+#: the per-image Python work, which holds the GIL, outweighs the resize (28 x 28 Fashion-MNIST images ran
+#: slower in threads, 224-pixel-and-larger photographs faster: bench/preprocess.py, bench/lowshot.py)
+THREADED_RESIZE_PIXELS = 128 * 128
+
+
+def _for_each_image(fn: Callable[[int], None], areas: list[int]) -> None:
+    """``fn(i)`` for every image of a batch (``areas``: each one's source pixels), in threads when it pays.
+
+    PIL's resize runs without the GIL, so on several cores the large images of a batch resize in parallel
+    (each image's numbers are unchanged), one share of the images per thread. Threads: torch's intra-op count, which is 1 inside
+    DataLoader workers. Pools are kept per process (a forked child makes its own).
+    """
+    n = len(areas)
+    threads = min(torch.get_num_threads(), n)
+    if threads <= 1 or sum(areas) < THREADED_RESIZE_PIXELS * n:
+        for i in range(n):
+            fn(i)
+        return
+    key = (os.getpid(), threads)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix="vitmsn-images")
+    order = sorted(range(n), key=lambda i: -areas[i])  # dealt out largest first: the threads' shares even out
+    shares = [order[k::threads] for k in range(threads)]
+    for future in [_POOLS[key].submit(lambda share: [fn(i) for i in share], share) for share in shares]:
+        future.result()  # re-raises an image's error here
 
 
 def _rescale(x: np.ndarray, factor: float) -> np.ndarray:
@@ -642,17 +683,28 @@ class ViTImageProcessor:
             # one output batch when every image comes out the same size: no stacking copy afterwards
             whole = (np.empty((len(arrays), *shape), dtype=np.float32)
                      if shape is not None and return_tensors is not None else None)
-            pixel_values = []
-            for i, chw in enumerate(arrays):
+            pixel_values: list[np.ndarray] = [None] * len(arrays)  # type: ignore[list-item]
+            tables: dict[int, np.ndarray] = {}  # channels -> (C, 256), made once per call
+            tables_lock = threading.Lock()
+
+            def one(i: int) -> None:
+                chw = arrays[i]
                 if opts["do_resize"]:
                     chw = _pil_resize(chw, _output_size(size, *_chw_shape(chw)[1:]), resample)
                 if chw.dtype == np.uint8:
-                    chw = _through_table(chw, rescale_normalize, out=None if whole is None else whole[i])
+                    with tables_lock:
+                        if chw.shape[0] not in tables:
+                            tables[chw.shape[0]] = _level_table(rescale_normalize, chw.shape[0])
+                    chw = _through_table(chw, tables[chw.shape[0]], out=None if whole is None else whole[i])
                 else:
                     chw = rescale_normalize(chw)
                     if whole is not None:
                         whole[i] = chw
-                pixel_values.append(chw)  # (C, H, W) float32
+                pixel_values[i] = chw  # (C, H, W) float32
+
+            # threads only help the resize; without it the images go one after the other
+            areas = [h * w if opts["do_resize"] else 0 for _, h, w in map(_chw_shape, arrays)]
+            _for_each_image(one, areas)
             if whole is not None:
                 pixel_values = whole
         return BatchFeature({"pixel_values": _collate(pixel_values, return_tensors, device)})
