@@ -160,6 +160,20 @@ def test_batch_resized_in_threads_is_the_same(photos, tmp_path):
     assert_same(outs[2], ref([PIL.Image.open(tmp_path / "coffee.png") if im is lazy else im for im in batch]))
 
 
+def test_error_in_a_resize_thread_is_one_clear_error():
+    """A bad image among large ones (resized in threads) raises its own error, once, in the caller."""
+    rng = np.random.default_rng(0)
+    batch = [rng.integers(0, 256, (200, 200, 3), dtype=np.uint8) for _ in range(5)]
+    batch[3] = rng.normal(0, 5, (200, 200, 3)).astype(np.float32)  # floats outside [0, 1]: cannot be resized
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(ValueError, match=r"Floating-point images must have values in \[0, 1\]"):
+            ours(batch)
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_parity_other_options(photos):
     img = photos["coffee"]
     for cfg, kwargs in [

@@ -428,8 +428,10 @@ def _for_each_image(fn: Callable[[int], None], areas: list[int]) -> None:
     """``fn(i)`` for every image of a batch (``areas``: each one's source pixels), in threads when it pays.
 
     PIL's resize runs without the GIL, so on several cores the large images of a batch resize in parallel
-    (each image's numbers are unchanged), one share of the images per thread. Threads: torch's intra-op count, which is 1 inside
-    DataLoader workers. Pools are kept per process (a forked child makes its own).
+    (each image's numbers are unchanged). The calling thread and ``threads - 1`` pool threads take the
+    images from one queue, largest first, so that a thread that starts late (a core waking up) takes fewer.
+    Threads: torch's intra-op count, which is 1 inside DataLoader workers. Pools are kept per process (a
+    forked child makes its own).
     """
     n = len(areas)
     threads = min(torch.get_num_threads(), n)
@@ -437,13 +439,31 @@ def _for_each_image(fn: Callable[[int], None], areas: list[int]) -> None:
         for i in range(n):
             fn(i)
         return
-    key = (os.getpid(), threads)
+    key = (os.getpid(), threads - 1)
     if key not in _POOLS:
-        _POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix="vitmsn-images")
-    order = sorted(range(n), key=lambda i: -areas[i])  # dealt out largest first: the threads' shares even out
-    shares = [order[k::threads] for k in range(threads)]
-    for future in [_POOLS[key].submit(lambda share: [fn(i) for i in share], share) for share in shares]:
-        future.result()  # re-raises an image's error here
+        _POOLS[key] = ThreadPoolExecutor(threads - 1, thread_name_prefix="vitmsn-images")
+    queue = iter(sorted(range(n), key=lambda i: -areas[i]))
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                i = next(queue, None)
+            if i is None:
+                return
+            fn(i)
+
+    helpers = [_POOLS[key].submit(work) for _ in range(threads - 1)]
+    errors = []
+    try:
+        work()
+    except Exception as e:  # the helpers still finish their images before it is raised
+        errors.append(e)
+    for future in helpers:
+        if future.exception() is not None:
+            errors.append(future.exception())
+    if errors:
+        raise errors[0]
 
 
 def _rescale(x: np.ndarray, factor: float) -> np.ndarray:
