@@ -415,12 +415,12 @@ def _through_table(chw: np.ndarray, table: np.ndarray, out: np.ndarray | None = 
     return out
 
 
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
-
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (process id, threads) -> pool
 
 #: mean pixels per source image from which the PIL backend resizes a batch's images in threads; below it
 #: the per-image Python work, which holds the GIL, outweighs the resize (28 x 28 Fashion-MNIST images ran
-#: slower in threads, 224-pixel-and-larger photographs faster: bench/preprocess.py, bench/lowshot.py)
+#: slower in threads in bench/lowshot.py, photographs of a few hundred pixels a side faster in
+#: bench/preprocess.py; the threshold lies between the two and is not tuned further)
 THREADED_RESIZE_PIXELS = 128 * 128
 
 
