@@ -5,8 +5,8 @@ views of every batch (crops, flips, colour jitter, grayscale, blur, normalisatio
 anchor and the focal anchors per image), and on a small model that costs as much as the step. Here each
 timed call takes the next batch from the pipeline and runs one step on it, on the ``fashion-mnist`` preset
 (Fashion-MNIST's 60,000 training images when the IDX files are found, else random uint8 images of the same
-shape), everything in the main process (no DataLoader workers, so that neither side's augmentation runs on
-cores the other side's step does not get):
+shape), everything in the main process (no DataLoader workers: on 2 cores, workers would take cores from
+the step, and both sides are measured under the same rule):
 
 - ``vitmsn``: the trainer's own pipeline (``vitmsn.msn.train.build_loader`` with the preset's default
   ``view_maker``: views made for the whole batch at once, ``vitmsn.msn.batch_views``) and ``train_step``;
