@@ -88,11 +88,6 @@ def cls_block_flops(tokens: int, hidden_size: int, intermediate_size: int) -> in
     return 2 * N * D * 3 * D + 2 * N * D * 2 + 2 * D * D + 2 * D * M * 2
 
 
-def vitmsn_cls_features(model, pixel_values):
-    """vitmsn's normalised CLS token (B, D) with the last block computed for it alone."""
-    return model.forward_head(model.forward_features(pixel_values, cls_only=True).tokens)
-
-
 def build_models(
     name: str, overrides: dict, libraries: tuple[str, ...], device: str = "cpu"
 ) -> tuple[dict, dict]:
@@ -134,7 +129,10 @@ def build_models(
                 models[lib] = m.eval()
     models = {k: m.to(device) for k, m in models.items()}
     if "vitmsn-cls" in libraries:
-        models["vitmsn-cls"] = partial(vitmsn_cls_features, models["vitmsn"])
+        from vitmsn.models.vit import VisionTransformer
+
+        # the backbone's own forward: the normalised CLS token (B, D), the last block computed for it alone
+        models["vitmsn-cls"] = partial(VisionTransformer.forward, models["vitmsn"])
     return {lib: models[lib] for lib in libraries}, hp
 
 

@@ -415,7 +415,7 @@ def _through_table(chw: np.ndarray, table: np.ndarray, out: np.ndarray | None = 
     return out
 
 
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (process id, threads) -> pool
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (process id, pool threads) -> pool
 
 #: mean pixels per source image from which the PIL backend resizes a batch's images in threads; below it
 #: the per-image Python work, which holds the GIL, outweighs the resize (28 x 28 Fashion-MNIST images ran
