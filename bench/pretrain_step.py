@@ -221,9 +221,9 @@ class VitmsnStep:
         if keep_idx is None:
             keep_idx = mask_for_step(cfg, state.step, cfg.rand_views * len(views[0]), self.num_patches,
                                      self.device)  # (R*b, K)
-        out, grad_norm, _ = train_step(state, cfg, self.criterion, self.sched, list(views), keep_idx,
-                                       online=self.online, target=self.target, amp=self.amp)
-        return out.loss.detach(), grad_norm
+        res = train_step(state, cfg, self.criterion, self.sched, list(views), keep_idx, online=self.online,
+                         target=self.target, amp=self.amp)
+        return res.out.loss.detach(), res.grad_norm
 
 
 # --------------------------------------------------------------------------------------------- lightly

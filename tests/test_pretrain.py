@@ -75,6 +75,41 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, kw: dict) -> None:
             dist.destroy_process_group()
 
 
+def _ddp_nan_on_rank_1(rank: int, world: int, port: int, out: str) -> None:
+    """Rank 1's loss becomes nan at its first step; each rank writes the error it stopped with."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from vitmsn import distributed
+    from vitmsn.msn import train
+
+    build = train.build_criterion
+
+    def criterion_with_nan_on_rank_1(cfg):
+        crit = build(cfg)
+        if rank != 1:
+            return crit
+        return lambda *a, **k: crit(*a, **k)._replace(ce=torch.tensor(float("nan")))
+
+    train.build_criterion = criterion_with_nan_on_rank_1
+    try:
+        train.pretrain(tiny_config(Path(out), max_steps=3), device="cpu", progress=False, dataset=Shapes())
+        outcome = "finished"
+    except Exception as e:  # noqa: BLE001 - the test compares what each rank raised
+        outcome = type(e).__name__
+    finally:
+        distributed.shutdown()
+    Path(out, f"rank{rank}.txt").write_text(outcome)
+
+
+def test_ddp_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
+    """A loss that goes non-finite on one process stops all of them with the same error (none is left
+    waiting in a collective for the one that stopped)."""
+    mp.start_processes(_ddp_nan_on_rank_1, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    outcomes = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert outcomes == ["NonFiniteLossError"] * 2
+
+
 # A bias followed by BatchNorm has a gradient of exactly zero (BatchNorm removes any constant shift), so
 # AdamW turns its rounding noise into updates of +-lr; these tensors (and the BatchNorm running means that
 # follow them) are not comparable between two ways of summing the same numbers.
@@ -348,3 +383,19 @@ def test_csv_and_tensorboard_logs(tmp_path):
         assert column in header
     saved = json.loads((tmp_path / "tb" / "config.json").read_text())
     assert saved["num_prototypes"] == 10 and saved["max_steps"] == 2  # the resolved config
+
+
+def test_devices_and_random_states_on_a_machine_without_gpu():
+    from vitmsn import distributed
+    from vitmsn.training import rng_state, set_rng_state
+
+    assert distributed.init_from_env("cpu") == torch.device("cpu")  # one process: no group joined
+    assert not distributed.is_initialized()
+    if not torch.cuda.is_available():
+        assert distributed.resolve_device(None) == torch.device("cpu")
+    state = rng_state(torch.device("cpu"))
+    assert "cuda" not in state  # a GPU's generator is saved only for a GPU device
+    drawn = torch.rand(3)
+    state["cuda"] = [torch.zeros(16, dtype=torch.uint8)]  # an older checkpoint's list, one state per GPU
+    set_rng_state(state, torch.device("cpu"))  # restores the CPU's generators, ignores the GPU's
+    assert torch.equal(torch.rand(3), drawn)

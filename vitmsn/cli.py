@@ -92,7 +92,12 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     if args.epochs:
         changes.append(f"epochs={args.epochs}")
     cfg = cfg.with_overrides(changes)
-    out = pretrain(cfg, resume=args.resume, init=args.init, device=args.device, progress=not args.no_progress)
+    from vitmsn import distributed
+
+    try:
+        out = pretrain(cfg, resume=args.resume, init=args.init, device=args.device, progress=not args.no_progress)
+    finally:
+        distributed.shutdown()  # under torchrun: leave the process group, also after an error
     print(f"run folder: {out}\nexport the encoder with: vitmsn export {out} OUT_DIR")
 
 

@@ -31,17 +31,37 @@ def is_main() -> bool:
 
 
 def init_from_env(device: str | None = None) -> torch.device:
-    """Join the process group if launched by torchrun (NCCL on GPU, gloo on CPU); return this rank's device."""
-    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not is_initialized():
-        backend = "nccl" if use_cuda else "gloo"
+    """Join the process group if launched by torchrun (NCCL on GPU, gloo on CPU); return this rank's device.
+
+    Under torchrun each process takes the GPU of its LOCAL_RANK. In one process, ``"cuda:1"`` means that GPU;
+    ``"cuda"`` (or no device, with a GPU present) means the current one.
+    """
+    use_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
         if use_cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
-    if use_cuda:
-        return torch.device("cuda", local_rank)
-    return torch.device(device or "cpu")
+        if not is_initialized():
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
+        return torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    return resolve_device(device)
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device``, or CUDA when there is a GPU and the CPU when not. A GPU comes back with its index and
+    becomes the current one, so that everything else (pinned-memory copies, new tensors) goes to it too."""
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type != "cuda":
+        return dev
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def shutdown() -> None:
+    """Leave the process group (if one was joined)."""
+    if is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

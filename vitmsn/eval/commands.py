@@ -209,7 +209,7 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     sp.add_argument("--skip-bad", action="store_true",
                     help="report unreadable images in the output instead of stopping at the first")  # fmt: skip
-    sp.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    sp.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     sp.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     sp.add_argument("--json", action="store_true", help="print JSON")
 
@@ -231,7 +231,7 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--batch-size", type=int, default=256, help="(default 256)")
     sp.add_argument("--num-workers", type=int, default=0, help="data-loading processes (default 0)")
     sp.add_argument("--data-root", help="where the Fashion-MNIST files are (default: the usual places)")
-    sp.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    sp.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     sp.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -248,4 +248,4 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument(
         "--layer", type=int, default=-1, help="block to show, negative from the end (default -1: last)"
     )
-    sp.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    sp.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")

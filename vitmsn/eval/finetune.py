@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import InterpolationMode, v2
 from tqdm.auto import tqdm
 
+from vitmsn.distributed import resolve_device
 from vitmsn.msn.schedules import Schedule, default_no_decay, param_groups
 from vitmsn.training import (
     GlobalBatchSampler,
@@ -425,7 +426,7 @@ def finetune(
         "device": device,
     }  # fmt: skip
     _check_run_folder(out, settings, resume)
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = resolve_device(device)
     seed_everything(seed)
 
     # -- data and model
@@ -477,7 +478,7 @@ def finetune(
         step, best_epoch = int(state["step"]), int(state["best_epoch"])
         best_acc, best_loss = float(state["best_acc"]), float(state["best_loss"])
         history, running = list(state["history"]), list(state["running"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], dev)
         logger.info("resumed %s at step %d", out, step)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / SETTINGS_FILE, settings)
@@ -489,7 +490,7 @@ def finetune(
 
     def checkpoint() -> None:
         save_checkpoint(
-            {"step": step, "model": net.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
+            {"step": step, "model": net.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(dev),
              "best_acc": best_acc, "best_loss": best_loss, "best_epoch": best_epoch, "history": history, "running": running,
              "settings": settings},
             out / "checkpoints" / LATEST,

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vitmsn.distributed import resolve_device
 from vitmsn.eval.features import POOLINGS, extract_features, load_backbone, save_features
 
 logger = logging.getLogger("vitmsn")
@@ -41,12 +42,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------- loading
-
-
-def _device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def load_processor(path_or_id: str | os.PathLike, image_size: int | Sequence[int] | None = None) -> Any:
@@ -88,7 +83,7 @@ def load_classifier(
             f"{model} is a {arch or data.get('model_type', 'model')} without a trained classifier: fine-tune it "
             "first (vitmsn finetune), or use its features (vitmsn extract / vitmsn lowshot)"
         )
-    net = MODEL_CLASSES[arch].from_pretrained(model).to(_device(device)).eval()
+    net = MODEL_CLASSES[arch].from_pretrained(model).to(resolve_device(device)).eval()
     return net, load_processor(model, net.config.image_size)
 
 
@@ -233,7 +228,7 @@ def extract(
     else:
         dataset = labelled_or_unlabelled_folder(Path(data) / split if split else data)
         paths, classes = dataset.paths, (list(dataset.classes) or None)
-    dev = _device(device)
+    dev = resolve_device(device)
     backbone, processor = load_backbone(model, device=dev)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
         feats, labels = extract_features(
@@ -278,7 +273,7 @@ def attention_map(
     out_png: str | os.PathLike,
     *,
     layer: int = -1,
-    device: str | torch.device | None = "cpu",
+    device: str | torch.device | None = None,
     alpha: float = 0.6,
 ) -> Path:
     """PNG of the CLS attention of one layer (default: the last), one panel per head and one of their mean,
@@ -288,7 +283,7 @@ def attention_map(
     from vitmsn.checkpoints import atomic_write
     from vitmsn.data.folder import load_image
 
-    backbone, processor = load_backbone(model, device=_device(device))
+    backbone, processor = load_backbone(model, device=resolve_device(device))
     picture = load_image(image)
     pixels = processor(picture, return_tensors="pt")["pixel_values"].to(
         backbone.pos_embed.device

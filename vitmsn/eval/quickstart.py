@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vitmsn.distributed import resolve_device
 from vitmsn.eval import lowshot
 
 logger = logging.getLogger("vitmsn")
@@ -79,7 +80,7 @@ def pixels_of(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_lowshot(model: str, data: str, *, shots: list[int], splits: int, percent: list[float], pool: str,
-                knn_k: int | None, full: bool, subset_files: list[str], batch_size: int, device: str,
+                knn_k: int | None, full: bool, subset_files: list[str], batch_size: int, device: str | None,
                 out: str | None, seed: int = 0, progress: bool = True, data_root: str | None = None,
                 max_train: int | None = None, max_test: int | None = None) -> dict[str, list[lowshot.LowShotRow]]:
     """Frozen features of ``model`` on ``data``, then the low-shot table; optional JSON and PNG."""
@@ -87,7 +88,7 @@ def run_lowshot(model: str, data: str, *, shots: list[int], splits: int, percent
 
     train, test, classes = labelled_splits(data, root=data_root)
     train, test = _first(train, max_train), _first(test, max_test)
-    backbone, processor = load_backbone(model, device=device)
+    backbone, processor = load_backbone(model, device=resolve_device(device))
     tx, ty = extract_features(backbone, train, processor, pool=pool, batch_size=batch_size, progress=progress,
                               desc="train features")
     vx, vy = extract_features(backbone, test, processor, pool=pool, batch_size=batch_size, progress=progress,
@@ -143,7 +144,7 @@ def quickstart(*, data: str | None = None, out: str = "runs/quickstart", smoke: 
     train, test, classes = labelled_splits("fashion-mnist", root=data)
     n_train, n_test = (2000, 1000) if smoke else (None, None)
     train, test = _first(train, n_train), _first(test, n_test)
-    msn, processor = load_backbone(model_dir, device=device or "cpu")
+    msn, processor = load_backbone(model_dir, device=resolve_device(device))
     torch.manual_seed(cfg.seed)
     random_vit = ViTMSNModel(cfg.encoder_config()).to(msn.pos_embed.device).eval()
     random_vit.init_backbone_weights(zero_embeddings=False)  # random, as at the start of pretraining
@@ -238,7 +239,7 @@ def register(add) -> None:
     sp.add_argument("--knn", type=int, metavar="K", help="also a cosine K-NN on all training labels (e.g. 20)")
     sp.add_argument("--linear-probe", action="store_true", help="also logistic regression on all training labels")
     sp.add_argument("--batch-size", type=int, default=256)
-    sp.add_argument("--device", default="cpu")
+    sp.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", help="folder for lowshot.json and lowshot.png")
     sp.add_argument("--json", action="store_true", help="print JSON instead of the table")

@@ -222,16 +222,16 @@ class BatchViews:
             hue = min(0.5, 0.2 * s)
             f = torch.stack([uniform(max(0.0, 1 - bright), 1 + bright), uniform(max(0.0, 1 - contrast), 1 + contrast),
                              uniform(max(0.0, 1 - sat), 1 + sat), uniform(-hue, hue)], 1).float().to(dev)  # (B, 4)
-            order = torch.argsort(torch.rand(N, 4, generator=g)[rows], dim=1).to(dev)  # (B, 4): op at each slot
+            order = torch.argsort(torch.rand(N, 4, generator=g)[rows], dim=1)  # (B, 4) on the CPU: op at each slot
             identity = torch.tensor([1.0, 1.0, 1.0, 0.0], device=dev)
             f = torch.where(apply, f, identity)
             ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
             for slot in range(4):
                 for k, op in enumerate(ops):
-                    here = order[:, slot] == k
+                    here = order[:, slot] == k  # (B,) bool; tested on the CPU, so no wait for a GPU
                     if C == 1 and k >= 2 or not bool(here.any()):
                         continue
-                    v = op(v, torch.where(here, f[:, k], identity[k]))
+                    v = op(v, torch.where(here.to(dev), f[:, k], identity[k]))
         if C == 3 and c.grayscale_prob > 0:
             v = torch.where(coin(c.grayscale_prob).view(B, 1, 1, 1), _gray(v).expand(-1, 3, -1, -1), v)
         if c.blur_prob > 0:

@@ -248,8 +248,8 @@ class MSNLossOutput(NamedTuple):
     """Mean entropy of the anchor predictions (unweighted)."""
     targets: Tensor
     """(B, K) detached targets (sharpened, optionally Sinkhorn-balanced), one row per target view."""
-    num_unique_targets: int
-    """Number of distinct target argmaxes in the local batch (collapse monitor)."""
+    num_unique_targets: Tensor
+    """Number of distinct target argmaxes in the local batch (collapse monitor; float, on the device)."""
     max_target: Tensor
     """Mean over targets of their largest probability (detached)."""
     min_target: Tensor
@@ -369,7 +369,8 @@ def msn_loss_from_targets(
     loss = ce + me_max_weight * me_max + entropy_weight * entropy
 
     with torch.no_grad():
-        num_unique = int(torch.unique(targets.argmax(dim=1)).numel())
+        # prototypes that are some target's argmax, counted on the device (torch.unique would wait for it)
+        num_unique = targets.new_zeros(num_protos).index_fill_(0, targets.argmax(dim=1), 1.0).sum()
         max_t = targets.max(dim=1).values.mean()
         min_t = targets.min(dim=1).values.mean()
 

@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from vitmsn import distributed as dist
 from vitmsn.models.heads import Prototypes
 from vitmsn.models.layers import unpacked_weights
 from vitmsn.msn.config import PretrainConfig
-from vitmsn.msn.losses import MSNLoss
+from vitmsn.msn.losses import MSNLoss, MSNLossOutput
 from vitmsn.msn.masking import random_keep_indices
 from vitmsn.msn.model import MSNNetwork
 from vitmsn.msn.schedules import Schedule, ema_update, param_groups, set_lr, set_weight_decay
@@ -163,7 +163,7 @@ class MSNState:
     def state_dict(self, cfg: PretrainConfig) -> dict[str, Any]:
         return {"step": self.step, "online": self.online.state_dict(), "target": self.target.state_dict(),
                 "prototypes": self.prototypes.weight.detach(), "optimizer": self.optimizer.state_dict(),
-                "rng": rng_state(), "config": cfg.to_dict()}
+                "rng": rng_state(self.prototypes.weight.device), "config": cfg.to_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.online.load_state_dict(state["online"])
@@ -172,7 +172,7 @@ class MSNState:
             self.prototypes.weight.copy_(state["prototypes"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], self.prototypes.weight.device)
 
 
 def build_state(cfg: PretrainConfig, device: torch.device, init: str | None = None) -> MSNState:
@@ -290,15 +290,25 @@ def check_compile_support(device: torch.device) -> None:
             raise ValueError("compile=true needs Triton on CUDA (pip install triton), or set compile=false")
 
 
+class StepResult(NamedTuple):
+    """What :func:`train_step` returns."""
+
+    out: MSNLossOutput  # this process's loss terms (``out.loss`` carries the graph until backward)
+    terms: torch.Tensor  # (3,) loss, ce, entropy of the global batch (mean over processes), detached
+    grad_norm: torch.Tensor  # before clipping (nan without clipping)
+    lr: float
+    wd: float
+    momentum: float
+
+
 def train_step(state: MSNState, cfg: PretrainConfig, criterion: MSNLoss, sched: dict[str, Schedule],
                views: list[torch.Tensor], keep_idx: torch.Tensor, *, online: torch.nn.Module | None = None,
-               target: torch.nn.Module | None = None,
-               amp: Any = None) -> tuple[Any, torch.Tensor, tuple[float, float, float]]:
+               target: torch.nn.Module | None = None, amp: Any = None) -> StepResult:
     """One MSN step on a batch of views ``[target, rand_1..R, focal_1..F]`` (each (b, C, H, W), on the device).
 
     ``online`` and ``target`` are the networks to call (by default ``state.online`` and ``state.target``;
-    a DDP wrapper, or what :func:`networks_to_call` returns). Returns the loss terms, the gradient norm
-    before clipping, and the (lr, weight decay, momentum) the step used.
+    a DDP wrapper, or what :func:`networks_to_call` returns). Raises :class:`NonFiniteLossError` on every
+    process at once, before the update, if the loss of the global batch is not finite.
     """
     online = state.online if online is None else online
     target = state.target if target is None else target
@@ -320,20 +330,22 @@ def train_step(state: MSNState, cfg: PretrainConfig, criterion: MSNLoss, sched: 
 
     # Step 2: MSN loss, backward, prototype gradients summed over processes, clip, step
     out = criterion(anchor_z.float(), target_z.float(), state.prototypes.weight)
-    if not torch.isfinite(out.loss):
-        raise NonFiniteLossError(f"the loss became {out.loss.item()} at step {step}")
+    # the terms of the global batch (each process computed those of its share): every process sees the same
+    terms = dist.all_reduce_mean_(torch.stack([out.loss, out.ce, out.entropy]).detach())  # (3,)
+    if not bool(torch.isfinite(terms).all()):
+        raise NonFiniteLossError(f"the loss became {terms[0].item()} at step {step}")
     state.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     if state.prototypes.weight.grad is not None:
         dist.all_reduce_sum_(state.prototypes.weight.grad)
     grad_norm = torch.nn.utils.clip_grad_norm_(state.online.parameters(), cfg.clip_grad) \
-        if cfg.clip_grad > 0 else torch.tensor(float("nan"))
+        if cfg.clip_grad > 0 else terms.new_tensor(float("nan"))
     state.optimizer.step()
 
     # Step 3: momentum update of the target encoder and head
     ema_update(state.target, state.online, momentum)
     state.step += 1
-    return out, grad_norm, (lr, wd, momentum)
+    return StepResult(out, terms, grad_norm, lr, wd, momentum)
 
 
 
@@ -382,7 +394,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
 
     bar = tqdm(total=total_steps, initial=state.step, disable=not (progress and main), desc="pretrain",
                unit="step", dynamic_ncols=True)
-    t0, seen, skipped = time.perf_counter(), 0, 0
+    t0, seen, skipped_here = time.perf_counter(), 0, 0  # skipped_here: unreadable files of this process
     try:
         while state.step < total_steps:
             epoch, start_batch = divmod(state.step, steps_per_epoch)
@@ -392,28 +404,28 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
                 views = [v.to(dev, non_blocking=True) for v in views]  # [target, rand_1..R, focal_1..F], (b, ...)
                 keep_idx = mask_for_step(cfg, step, cfg.rand_views * b * W, num_patches, dev)  # (R*b, K)
                 try:
-                    out_loss, grad_norm, (lr, wd, momentum) = train_step(
-                        state, cfg, criterion, sched, views, keep_idx, online=online, target=target, amp=amp)
+                    res = train_step(state, cfg, criterion, sched, views, keep_idx, online=online, target=target,
+                                     amp=amp)
                 except NonFiniteLossError as e:
                     raise NonFiniteLossError(f"{e}; the last good checkpoint is {ckpt_dir / LATEST}. Lower lr or "
                                              "turn bf16 off, then resume with --resume.") from None
-                loss = out_loss.loss
 
-                # -- logs, progress, checkpoints
+                # -- logs, progress, checkpoints; the metrics are read from the device on logging steps only
                 seen += b * W
-                rate = seen / max(time.perf_counter() - t0, 1e-9)
-                # loss terms of the global batch (each process computed those of its share)
-                terms = dist.all_reduce_mean_(torch.stack([loss, out_loss.ce, out_loss.entropy]).detach())
-                skipped += int(dist.all_reduce_sum_(skips.sum()))  # unreadable files replaced, all processes
-                metrics = {"epoch": epoch, "loss": terms[0].item(), "ce": terms[1].item(),
-                           "me_max": out_loss.me_max.item(), "entropy": terms[2].item(),
-                           "num_targets": out_loss.num_unique_targets, "max_target": out_loss.max_target.item(),
-                           "lr": lr, "wd": wd, "momentum": momentum, "grad_norm": float(grad_norm),
-                           "images_per_s": rate, "skipped_images": skipped}
-                if state.step % cfg.log_every == 0 or state.step == total_steps:
-                    log.log(state.step, metrics)
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
+                skipped_here += int(skips.sum())  # a CPU tensor
                 bar.update(1)
+                if state.step % cfg.log_every == 0 or state.step == total_steps:
+                    rate = seen / max(time.perf_counter() - t0, 1e-9)
+                    skipped = _sum_over_processes(skipped_here, dev)
+                    loss, ce, entropy, me_max, num_targets, max_target, grad_norm = torch.stack(
+                        [*res.terms, res.out.me_max.detach(), res.out.num_unique_targets, res.out.max_target,
+                         res.grad_norm.float()]).tolist()
+                    log.log(state.step, {
+                        "epoch": epoch, "loss": loss, "ce": ce, "me_max": me_max, "entropy": entropy,
+                        "num_targets": int(num_targets), "max_target": max_target, "lr": res.lr, "wd": res.wd,
+                        "momentum": res.momentum, "grad_norm": grad_norm, "images_per_s": rate,
+                        "skipped_images": skipped})
+                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{res.lr:.2e}", img_s=f"{rate:.0f}")
                 end_of_epoch = state.step % steps_per_epoch == 0
                 if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0 or end_of_epoch \
                         or state.step == total_steps:
@@ -424,12 +436,17 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
     finally:
         bar.close()
         log.close()
+    skipped = _sum_over_processes(skipped_here, dev)
     dist.barrier()
     if main:
         if skipped:
             logger.warning("%d unreadable images were skipped (see the warnings above for their paths)", skipped)
         logger.info("pretraining finished after %d steps; run folder %s", state.step, out)
     return out
+
+
+def _sum_over_processes(n: int, device: torch.device) -> int:
+    return int(dist.all_reduce_sum_(torch.tensor(n, dtype=torch.int64, device=device)))
 
 
 def _save(state: MSNState, cfg: PretrainConfig, ckpt_dir: Path, *, numbered: bool, epoch: int) -> None:
