@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 
 import pytest
 import torch
@@ -227,3 +228,93 @@ def test_hub_id_from_cache(tmp_path, monkeypatch):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x).last_hidden_state, model(x).last_hidden_state)
+
+
+# -------------------------------------------------------------- from_pretrained as transformers' callers use it
+
+HEADS = [("ViTMSNForImageClassification", "ViTMSNModel", "ViTMSNConfig", {}),
+         ("ViTMSNForImageClassification", "ViTMSNModel", "ViTMSNConfig", {"num_labels": 5}),
+         ("ViTForImageClassification", "ViTModel", "ViTConfig", {}),
+         ("ViTForImageClassification", "ViTMSNModel", "ViTMSNConfig", {}),
+         ("ViTModel", "ViTMSNModel", "ViTMSNConfig", {}),
+         ("ViTForMaskedImageModeling", "ViTModel", "ViTConfig", {})]
+
+
+@pytest.mark.parametrize("head,base,cfg,kw", HEADS, ids=[f"{h}<-{b}{'+' if k else ''}" for h, b, _, k in HEADS])
+def test_new_head_after_a_seed_equals_transformers(tmp_path_factory, head, base, cfg, kw):
+    """After torch.manual_seed, the weights a checkpoint lacks (a classifier, the pooler, the SimMIM decoder)
+    are drawn as transformers draws them, so a seeded example prints what transformers prints."""
+    import transformers
+
+    _, path = save_hf(tmp_path_factory, base, cfg, init_kwargs={"add_pooling_layer": False} if base == "ViTModel"
+                      else None)
+    x = torch.randn(2, 3, 32, 32)
+    outs = []
+    for lib in (transformers, vitmsn):
+        torch.manual_seed(2)
+        model = getattr(lib, head).from_pretrained(path, **kw).eval()
+        with torch.no_grad():
+            out = model(x)
+        outs.append([out[k] for k in ("logits", "reconstruction", "pooler_output") if k in out])
+    for ours, ref in zip(outs[1], outs[0], strict=True):
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+
+
+def test_loader_keywords_of_transformers(tmp_path_factory, tmp_path):
+    import transformers
+
+    _, path = save_hf(tmp_path_factory, "ViTMSNModel", "ViTMSNConfig")
+    ours, info = vitmsn.ViTMSNForImageClassification.from_pretrained(path, output_loading_info=True)
+    _, ref_info = transformers.ViTMSNForImageClassification.from_pretrained(path, output_loading_info=True)
+    assert isinstance(ours, vitmsn.ViTMSNForImageClassification)
+    for key in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        assert sorted(info[key]) == sorted(ref_info[key]), key
+    # keywords that change nothing here are accepted
+    vitmsn.ViTMSNModel.from_pretrained(path, use_safetensors=True, trust_remote_code=False, low_cpu_mem_usage=True,
+                                       force_download=False, proxies=None, device_map="cpu")
+    with pytest.raises(FileNotFoundError, match="pytorch_model.bin"):
+        vitmsn.ViTMSNModel.from_pretrained(path, use_safetensors=False)  # only safetensors there
+    shutil.copytree(path, tmp_path / "repo" / "sub")
+    assert vitmsn.ViTMSNModel.from_pretrained(tmp_path / "repo", subfolder="sub").config.hidden_size == 32
+
+
+def test_half_precision_checkpoint_dtype_auto(tmp_path):
+    """save_pretrained records the weights' dtype; dtype="auto" loads in it, in both libraries."""
+    import transformers
+
+    vitmsn.ViTModel(vitmsn.ViTConfig(**TINY)).half().save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == "float16"
+    assert vitmsn.ViTModel.from_pretrained(tmp_path, dtype="auto").dtype == torch.float16
+    assert transformers.ViTModel.from_pretrained(tmp_path, dtype="auto").dtype == torch.float16
+    assert vitmsn.ViTModel.from_pretrained(tmp_path).dtype == torch.float32  # default, as transformers 4.x
+    with pytest.raises(ValueError, match="not a torch dtype"):
+        vitmsn.ViTModel.from_pretrained(tmp_path, dtype="float17")
+
+
+def test_config_takes_keys_it_has_no_field_for(tmp_path):
+    cfg = vitmsn.ViTConfig(**TINY, my_key=1, tie_word_embeddings=False, torch_dtype="float16")
+    assert cfg.my_key == 1 and not cfg.tie_word_embeddings
+    cfg.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["my_key"] == 1
+    assert vitmsn.ViTConfig.from_pretrained(tmp_path).my_key == 1
+    with pytest.raises(AttributeError):
+        cfg.no_such_key  # noqa: B018
+
+
+def test_one_mask_for_every_image_and_attention_mask(tmp_path_factory):
+    import transformers
+
+    ref, path = save_hf(tmp_path_factory, "ViTForMaskedImageModeling", "ViTConfig", encoder_stride=8)
+    ours = vitmsn.ViTForMaskedImageModeling.from_pretrained(path)
+    x = torch.randn(3, 3, 32, 32)
+    mask = torch.rand(1, 16) < 0.5  # (1, P): the same patches masked in every image
+    with torch.no_grad():
+        a, b = ours(x, bool_masked_pos=mask), ref(x, bool_masked_pos=mask)
+    torch.testing.assert_close(a.reconstruction, b.reconstruction, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.loss, b.loss, atol=1e-5, rtol=0)
+    model = vitmsn.ViTModel(vitmsn.ViTConfig(**TINY)).eval()
+    ones = torch.ones(3, 17)
+    torch.testing.assert_close(model(x, attention_mask=ones).last_hidden_state, model(x).last_hidden_state)
+    assert isinstance(transformers.ViTModel(transformers.ViTConfig(**TINY))(x, attention_mask=ones), dict)
+    with pytest.raises(ValueError, match="attention_mask must be all ones"):
+        model(x, attention_mask=ones.index_fill(1, torch.tensor([3]), 0))

@@ -60,7 +60,7 @@ def test_num_labels_override():
 @pytest.mark.parametrize("kwargs,message", [
     ({"hidden_size": 100, "num_attention_heads": 12}, "divisible by num_attention_heads"),
     ({"image_size": 225}, "divisible by patch_size"),
-    ({"hidden_act": "mish"}, "hidden_act='mish' is not supported"),
+    ({"hidden_act": "prelu"}, "hidden_act='prelu' is not supported"),  # has weights of its own
     ({"hidden_dropout_prob": 1.5}, "hidden_dropout_prob"),
     ({"num_hidden_layers": 0}, "num_hidden_layers must be a positive integer"),
     ({"layer_norm_eps": 0.0}, "layer_norm_eps"),
@@ -80,7 +80,10 @@ def test_unknown_model_type():
         ViTMSNConfig.from_dict({"model_type": "vit"})
 
 
-@pytest.mark.parametrize("act", ["gelu", "relu", "selu", "gelu_new"])
+@pytest.mark.parametrize("act", ["gelu", "relu", "selu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "quick_gelu",
+                                 "silu", "swish", "tanh", "linear", "gelu_python", "gelu_accurate",
+                                 "gelu_python_tanh", "gelu_10", "hardswish", "leaky_relu", "mish", "relu2", "relu6",
+                                 "sigmoid", "laplace", "sqrtsoftplus"])
 def test_activations_match_transformers(tmp_path, act):
     from transformers.activations import ACT2FN
 

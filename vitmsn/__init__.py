@@ -17,17 +17,29 @@ from vitmsn.models.hf import (
     ViTMSNForImageClassification,
     ViTMSNModel,
 )
+from vitmsn.processing import (
+    AutoFeatureExtractor,
+    AutoImageProcessor,
+    BatchFeature,
+    ViTFeatureExtractor,
+    ViTImageProcessor,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoFeatureExtractor",
+    "AutoImageProcessor",
     "BaseModelOutput",
     "BaseModelOutputWithPooling",
+    "BatchFeature",
     "ImageClassifierOutput",
     "MaskedImageModelingOutput",
     "ViTConfig",
     "ViTForImageClassification",
+    "ViTFeatureExtractor",
     "ViTForMaskedImageModeling",
+    "ViTImageProcessor",
     "ViTMSNConfig",
     "ViTMSNForImageClassification",
     "ViTMSNModel",

@@ -207,7 +207,11 @@ def _is_local(path_or_id: str) -> bool:
 
 def _resolve(path_or_id: str | os.PathLike, filename: str, *, missing_ok: bool = False,
              **hub: Any) -> Path | None:
-    """A file of a local directory, or of a Hub repository (downloaded into huggingface_hub's cache)."""
+    """A file of a local directory, or of a Hub repository (downloaded into huggingface_hub's cache);
+    ``subfolder`` (in ``hub``) is a folder of either."""
+    subfolder = hub.pop("subfolder", None)
+    if subfolder:
+        filename = f"{str(subfolder).strip('/')}/{filename}"
     s = os.path.expanduser(str(path_or_id))
     if os.path.isdir(s):
         p = Path(s) / filename
@@ -234,9 +238,15 @@ def load_config_dict(path_or_id: str | os.PathLike, **hub: Any) -> dict[str, Any
     return data
 
 
-def weight_files(path_or_id: str | os.PathLike, **hub: Any) -> list[Path]:
-    """The weight files of a checkpoint: safetensors first, then sharded, then pickled."""
-    for single, index in ((SAFE_WEIGHTS, SAFE_INDEX), (PT_WEIGHTS, PT_INDEX)):
+def weight_files(path_or_id: str | os.PathLike, use_safetensors: bool | None = None, **hub: Any) -> list[Path]:
+    """The weight files of a checkpoint: safetensors first, then sharded, then pickled.
+
+    ``use_safetensors``: True reads safetensors only, False pickles only (as transformers' argument).
+    """
+    formats = [(SAFE_WEIGHTS, SAFE_INDEX), (PT_WEIGHTS, PT_INDEX)]
+    if use_safetensors is not None:
+        formats = formats[:1] if use_safetensors else formats[1:]
+    for single, index in formats:
         if (p := _resolve(path_or_id, single, missing_ok=True, **hub)) is not None:
             return [p]
         if (idx := _resolve(path_or_id, index, missing_ok=True, **hub)) is not None:
@@ -245,9 +255,8 @@ def weight_files(path_or_id: str | os.PathLike, **hub: Any) -> list[Path]:
             except (json.JSONDecodeError, KeyError, AttributeError) as e:
                 raise CheckpointError(f"{idx} is not a valid index file ({e})") from None
             return [_resolve(path_or_id, shard, **hub) for shard in shards]
-    raise FileNotFoundError(
-        f"{path_or_id} has no weights: expected {SAFE_WEIGHTS}, {SAFE_INDEX}, {PT_WEIGHTS} or {PT_INDEX}"
-    )
+    expected = " or ".join(name for pair in formats for name in pair)
+    raise FileNotFoundError(f"{path_or_id} has no weights: expected {expected}")
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -278,8 +287,13 @@ def load_pickle(path: str | os.PathLike) -> Any:
 
 
 def load_state_dict_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], *,
-                         ignore_mismatched_sizes: bool = False, source: str = "checkpoint") -> None:
-    """Load transformers-named (or our) tensors into ``model``; strict for the backbone, lenient for heads."""
+                         ignore_mismatched_sizes: bool = False, source: str = "checkpoint") -> dict[str, list]:
+    """Load transformers-named (or our) tensors into ``model``; strict for the backbone, lenient for heads.
+
+    Returns transformers' loading info, with the model's own parameter names: ``missing_keys`` (left as they
+    were), ``unexpected_keys`` (dropped), ``mismatched_keys`` ((name, checkpoint shape, model shape), left as
+    they were with ``ignore_mismatched_sizes``) and ``error_msgs`` (always empty: errors raise).
+    """
     internal, unknown, _ = hf_to_internal(state_dict)
     if not internal and not unknown:
         raise CheckpointError(f"{source} holds no tensors")
@@ -289,8 +303,9 @@ def load_state_dict_into(model: torch.nn.Module, state_dict: dict[str, torch.Ten
     mismatched = [(k, tuple(internal[k].shape), tuple(v.shape)) for k, v in expected.items()
                   if k in internal and internal[k].shape != v.shape]
     head = lambda k: k.startswith(HEAD_PREFIXES)  # noqa: E731
+    mismatched_heads = [m for m in mismatched if head(m[0])] if ignore_mismatched_sizes else []
     if ignore_mismatched_sizes:
-        for k, *_ in [m for m in mismatched if head(m[0])]:
+        for k, *_ in mismatched_heads:
             internal.pop(k)
             missing.append(k)
         mismatched = [m for m in mismatched if not head(m[0])]
@@ -314,22 +329,43 @@ def load_state_dict_into(model: torch.nn.Module, state_dict: dict[str, torch.Ten
     if unexpected:
         logger.warning("%s: dropped weights it has no place for: %s", type(model).__name__, ", ".join(unexpected))
     own = ("classifier.", "decoder.")  # top-level modules of a head model; everything else is under vit.
-    model.load_state_dict({(k if k.startswith(own) else prefix + k): v for k, v in internal.items()
-                           if k in expected}, strict=False)
+    name = lambda k: k if k.startswith(own) else prefix + k  # noqa: E731
+    model.load_state_dict({name(k): v for k, v in internal.items() if k in expected}, strict=False)
+    dropped = [k for k in internal if k in expected and k in {m[0] for m in mismatched_heads}]
+    return {"missing_keys": [name(k) for k in missing], "unexpected_keys": [name(k) for k in unexpected],
+            "mismatched_keys": [(name(k), got, want) for k, got, want in mismatched_heads if k not in dropped],
+            "error_msgs": []}
+
+
+# from_pretrained keywords of transformers that change nothing here (PyTorch weights, loaded on the CPU, no
+# remote code); accepted so that code written for transformers runs unchanged
+_NO_EFFECT_KWARGS = frozenset({"trust_remote_code", "low_cpu_mem_usage", "_fast_init", "resume_download",
+                               "from_tf", "from_flax", "mirror", "_from_auto", "_from_pipeline", "proxies",
+                               "offload_state_dict", "use_auth_token"})
+_HUB_KWARGS = ("revision", "cache_dir", "token", "subfolder", "force_download")
 
 
 def load_pretrained(cls: type, path_or_id: str | os.PathLike, *model_args: Any, config: Any = None,
                     dtype: torch.dtype | str | None = None, attn_implementation: str | None = None,
                     ignore_mismatched_sizes: bool = False, local_files_only: bool = False,
-                    **kwargs: Any) -> torch.nn.Module:
-    """The body of ``from_pretrained``: config, model, weights, dtype, eval mode."""
+                    use_safetensors: bool | None = None, output_loading_info: bool = False,
+                    **kwargs: Any) -> Any:
+    """The body of ``from_pretrained``: config, model, weights, dtype, eval mode.
+
+    Weights missing from the checkpoint (a new classifier, say) are initialised as transformers 5 does, drawing
+    from torch's random generator as if nothing else had been initialised: after ``torch.manual_seed(s)`` a
+    new classifier gets the same weights in both libraries.
+    """
     from vitmsn.config import ViTConfig
 
-    hub = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token") if kwargs.get(k) is not None}
-    for k in ("revision", "cache_dir", "token"):
+    if kwargs.pop("use_auth_token", None) is not None and kwargs.get("token") is None:
+        logger.warning("use_auth_token is deprecated in transformers; pass token=")
+    hub = {k: kwargs.pop(k) for k in _HUB_KWARGS if kwargs.get(k) is not None}
+    for k in (*_HUB_KWARGS, *_NO_EFFECT_KWARGS):
         kwargs.pop(k, None)
     if local_files_only:
         hub["local_files_only"] = True
+    device_map = kwargs.pop("device_map", None)
     config_fields = set(cls.config_class.__dataclass_fields__)
     overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in config_fields}
     if config is None:
@@ -346,24 +382,45 @@ def load_pretrained(cls: type, path_or_id: str | os.PathLike, *model_args: Any, 
         if model_type != cls.config_class.model_type:
             logger.warning("loading a %r checkpoint into %s", model_type, cls.__name__)
             data = {k: v for k, v in data.items() if k != "model_type"}
+        saved_dtype = data.get("dtype") or data.get("torch_dtype")
         config = cls.config_class.from_dict(data, **overrides)
     elif not isinstance(config, ViTConfig):
         raise TypeError(f"config must be a ViTConfig or ViTMSNConfig, got {type(config).__name__}")
-    elif overrides:
-        config = config.copy(**overrides)
+    else:
+        saved_dtype = None
+        if overrides:
+            config = config.copy(**overrides)
     if attn_implementation is not None:
         config.attn_implementation = attn_implementation
         config.validate()
-    files = weight_files(path_or_id, **hub)
+    files = weight_files(path_or_id, use_safetensors=use_safetensors, **hub)
     state_dict: dict[str, torch.Tensor] = {}
     for f in files:
         state_dict.update(read_weights(f))
+    rng = torch.get_rng_state()
     model = cls(config, *model_args, **kwargs)
-    load_state_dict_into(model, state_dict, ignore_mismatched_sizes=ignore_mismatched_sizes,
-                         source=str(files[0] if len(files) == 1 else files[0].parent))
-    if dtype is not None and dtype != "auto":
-        model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-    return model.eval()
+    torch.set_rng_state(rng)  # the constructor's draws are overwritten below; only the missing weights draw
+    info = load_state_dict_into(model, state_dict, ignore_mismatched_sizes=ignore_mismatched_sizes,
+                                source=str(files[0] if len(files) == 1 else files[0].parent))
+    model.init_missing_weights(info["missing_keys"] + [k for k, *_ in info["mismatched_keys"]])
+    if dtype == "auto":
+        dtype = saved_dtype or next((t.dtype for t in state_dict.values() if t.is_floating_point()), None)
+    if dtype is not None:
+        model.to(_torch_dtype(dtype))
+    if device_map not in (None, "cpu"):
+        model.to(device_map if isinstance(device_map, (str, torch.device)) and device_map != "auto"
+                 else ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.eval()
+    return (model, info) if output_loading_info else model
+
+
+def _torch_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"dtype={dtype!r} is not a torch dtype (e.g. 'float32', 'bfloat16', 'auto')")
+    return value
 
 
 def save_pretrained(model: torch.nn.Module, save_directory: str | os.PathLike,
@@ -371,7 +428,9 @@ def save_pretrained(model: torch.nn.Module, save_directory: str | os.PathLike,
     """config.json + model.safetensors (or pytorch_model.bin) in transformers' classic layout."""
     directory = Path(save_directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = model.config.copy(architectures=[type(model).__name__])
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    config = model.config.copy(architectures=[type(model).__name__],
+                               extra={**model.config.extra, "torch_dtype": str(dtype).removeprefix("torch.")})
     sd, prefix = model_state_dict(model)
     hf = {k: v.detach().contiguous().cpu() for k, v in internal_to_hf(sd, prefix).items()}
     if safe_serialization:

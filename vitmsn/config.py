@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -22,7 +23,8 @@ logger = logging.getLogger("vitmsn")
 
 #: Activation names accepted by ``hidden_act`` / ``pooler_act`` (transformers' names).
 ACTIVATIONS = ("gelu", "relu", "selu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "silu",
-               "swish", "tanh", "linear")
+               "swish", "tanh", "linear", "gelu_python", "gelu_accurate", "gelu_python_tanh", "gelu_10",
+               "hardswish", "leaky_relu", "mish", "relu2", "relu6", "sigmoid", "laplace", "sqrtsoftplus")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
@@ -40,6 +42,25 @@ def pair(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return (int(x[0]), int(x[1]))
 
 
+def _keeps_unknown_keywords(cls: type) -> type:
+    """Let the dataclass constructor take keywords it has no field for, as transformers' configs do: they
+    go to ``extra`` (written back to config.json) and read as attributes (``config.my_key``)."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = {k: kwargs.pop(k) for k in list(kwargs) if k not in names}
+        if unknown:
+            kwargs["extra"] = {**(kwargs.get("extra") or {}),
+                               **{k: v for k, v in unknown.items() if k not in _IGNORED_KEYS}}
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    return cls
+
+
+@_keeps_unknown_keywords
 @dataclass
 class ViTConfig:
     """Configuration of a ViT (``model_type`` "vit"); same arguments and defaults as transformers'."""
@@ -138,6 +159,12 @@ class ViTConfig:
             )
         if getattr(self, "encoder_stride", 1) <= 0:
             raise ValueError(f"encoder_stride must be positive, got {self.encoder_stride}")
+
+    def __getattr__(self, name: str) -> Any:  # only called for names that are not fields: look in ``extra``
+        extra = self.__dict__.get("extra")
+        if extra is not None and name in extra:
+            return extra[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     # --------------------------------------------------------- derived values
     @property
@@ -246,6 +273,7 @@ class ViTConfig:
         return dataclasses.replace(self, **changes)
 
 
+@_keeps_unknown_keywords
 @dataclass
 class ViTMSNConfig(ViTConfig):
     """Configuration of a ViT trained with MSN (``model_type`` "vit_msn"); as transformers' ViTMSNConfig."""

@@ -53,6 +53,7 @@ def resolve_file(
     cache_dir: str | os.PathLike[str] | None = None,
     token: str | bool | None = None,
     local_files_only: bool = False,
+    force_download: bool = False,
     missing_ok: bool = False,
 ) -> Path | None:
     """Return the local path of ``filename`` inside a local directory or a Hub repository.
@@ -64,6 +65,7 @@ def resolve_file(
         cache_dir: Hub cache directory; defaults to ``$HF_HUB_CACHE`` or ``$HF_HOME/hub``.
         token: Hub access token (``None`` uses the stored login, if any).
         local_files_only: Never contact the Hub, only use the cache (implied by offline mode).
+        force_download: Download again even if the file is in the cache.
         missing_ok: If ``True``, return ``None`` instead of raising when the file is absent: from the local
             directory, from the Hub repo, or, when the Hub cannot be reached, from a repository that is
             otherwise present in the cache (as transformers does for optional files). If nothing of the
@@ -109,6 +111,7 @@ def resolve_file(
                 cache_dir=cache_dir,
                 token=token,
                 local_files_only=offline,
+                force_download=force_download,
             )
         )
     except hf_errors.LocalEntryNotFoundError as err:

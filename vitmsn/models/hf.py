@@ -125,6 +125,33 @@ class PreTrainedModel(nn.Module):
             if getattr(self, name, None) is not None:
                 getattr(self, name).apply(lambda m: init_weights(m, std))
 
+    def init_missing_weights(self, names: list[str]) -> None:
+        """Initialise the named parameters (a checkpoint lacked them) as transformers 5 does, module by
+        module in ``nn.Module.apply``'s order: Linear and Conv2d weights from N(0, initializer_range) with zero
+        biases, LayerNorms to ones and zeros, and the embeddings as :meth:`init_backbone_weights`."""
+        wanted = set(names)
+        if not wanted:
+            return
+        std = self.config.initializer_range
+        zero_embeddings = isinstance(self.config, ViTMSNConfig)
+
+        def visit(prefix: str, module: nn.Module) -> None:
+            for child_name, child in module.named_children():
+                visit(prefix + child_name + ".", child)
+            own = {n: p for n, p in module.named_parameters(recurse=False) if prefix + n in wanted}
+            with torch.no_grad():
+                for n, p in own.items():
+                    if isinstance(module, (nn.Linear, nn.Conv2d)) and n == "weight":
+                        p.normal_(0.0, std)
+                    elif isinstance(module, nn.LayerNorm) and n == "weight":
+                        p.fill_(1.0)
+                    elif n in ("cls_token", "pos_embed") and not zero_embeddings:
+                        nn.init.trunc_normal_(p, mean=0.0, std=std)
+                    else:  # biases, the mask token, MSN's embeddings
+                        p.zero_()
+
+        visit("", self)
+
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
         skip = {id(p) for p in (self.backbone.pos_embed,)} if exclude_embeddings else set()
         return sum(p.numel() for p in self.parameters()
@@ -205,6 +232,10 @@ class PreTrainedModel(nn.Module):
 
 
 def _check_no_unused(kwargs: dict[str, Any]) -> None:
+    mask = kwargs.pop("attention_mask", None)  # transformers 5 takes a (batch, tokens) key mask
+    if mask is not None and not bool(torch.all(mask != 0)):
+        raise ValueError("attention_mask must be all ones (or None): vitmsn's ViTs attend to every token; to "
+                         "leave patches out, pass keep_idx to the backbone's forward_features")
     if kwargs:
         raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(kwargs))}")
 

@@ -18,14 +18,14 @@ from torch import nn
 
 def activation(name: str) -> nn.Module:
     """transformers' activation names as modules ("gelu" is the exact erf form, "gelu_new" the tanh form)."""
-    if name == "gelu":
+    if name in ("gelu", "gelu_python"):
         return nn.GELU()
-    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_accurate", "gelu_python_tanh"):
         return nn.GELU(approximate="tanh")
-    if name == "quick_gelu":
-        return _QuickGELU()
     table = {"relu": nn.ReLU, "selu": nn.SELU, "silu": nn.SiLU, "swish": nn.SiLU, "tanh": nn.Tanh,
-             "linear": nn.Identity}
+             "linear": nn.Identity, "sigmoid": nn.Sigmoid, "relu6": nn.ReLU6, "leaky_relu": nn.LeakyReLU,
+             "hardswish": nn.Hardswish, "mish": nn.Mish, "quick_gelu": _QuickGELU, "gelu_10": _ClippedGELU,
+             "relu2": _SquaredReLU, "laplace": _Laplace, "sqrtsoftplus": _SqrtSoftplus}
     if name not in table:
         raise ValueError(f"unknown activation {name!r}")
     return table[name]()
@@ -34,6 +34,26 @@ def activation(name: str) -> nn.Module:
 class _QuickGELU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
+
+
+class _ClippedGELU(nn.Module):  # "gelu_10"
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x).clamp(-10.0, 10.0)
+
+
+class _SquaredReLU(nn.Module):  # "relu2"
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.square(F.relu(x))
+
+
+class _Laplace(nn.Module):  # "laplace": the normal CDF at (x - 0.707107) / 0.282095
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (1.0 + torch.erf((x - 0.707107) / (0.282095 * math.sqrt(2.0))))
+
+
+class _SqrtSoftplus(nn.Module):  # "sqrtsoftplus"
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.softplus(x).sqrt()
 
 
 # --------------------------------------------------------------------------- the linear layers' fast path

@@ -104,10 +104,11 @@ class VisionTransformer(nn.Module):
         if bool_masked_pos is not None:
             if self.mask_token is None:
                 raise ValueError("bool_masked_pos needs a model built with use_mask_token=True")
-            if bool_masked_pos.shape != x.shape[:2]:
-                raise ValueError(f"bool_masked_pos must have shape {tuple(x.shape[:2])}, got "
-                                 f"{tuple(bool_masked_pos.shape)}")
-            w = bool_masked_pos.unsqueeze(-1).to(x.dtype)
+            if bool_masked_pos.ndim != 2 or bool_masked_pos.shape[0] not in (1, B) \
+                    or bool_masked_pos.shape[1] != x.shape[1]:
+                raise ValueError(f"bool_masked_pos must have shape {tuple(x.shape[:2])} (or (1, {x.shape[1]}) for "
+                                 f"every image), got {tuple(bool_masked_pos.shape)}")
+            w = bool_masked_pos.unsqueeze(-1).to(x.dtype)  # (B or 1, P, 1)
             x = x * (1.0 - w) + self.mask_token.to(x.dtype) * w
         pos = self.pos_embed_for(height, width, bool(interpolate_pos_encoding))  # (1, 1 + P, D)
         x = x + pos[:, 1:]
