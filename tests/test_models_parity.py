@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vitmsn
-from tests.conftest import save_hf
+from tests.conftest import TINY, save_hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -193,3 +193,16 @@ def test_sharded_checkpoint(tmp_path_factory):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         close(ours(x).last_hidden_state, ref(x).last_hidden_state)
+
+
+def test_outputs_are_dicts_as_in_transformers():
+    x = torch.randn(2, 3, 32, 32)
+    torch.manual_seed(0)
+    ref = transformers.ViTModel(transformers.ViTConfig(**TINY)).eval()
+    ours = vitmsn.ViTModel(vitmsn.ViTConfig(**TINY)).eval()
+    with torch.no_grad():
+        a, b = ours(x, output_hidden_states=True), ref(x, output_hidden_states=True)
+    assert isinstance(a, dict) and list(a.keys()) == list(b.keys())
+    assert a.get("attentions") is None and a.get("pooler_output") is a.pooler_output is a[1]
+    a["pooler_output"] = b["pooler_output"]  # item and attribute stay one
+    assert a.pooler_output is b.pooler_output and a.to_tuple()[1] is b.pooler_output

@@ -8,6 +8,7 @@ this library's own.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -24,36 +25,35 @@ from vitmsn.models.vit import EncoderOutput, VisionTransformer
 # ---------------------------------------------------------------------------------------------- outputs
 
 
-class ModelOutput:
-    """Like transformers' ModelOutput: attribute, string-key and integer access (integers skip None)."""
+class ModelOutput(OrderedDict):
+    """Like transformers' ModelOutput: a dict of the fields that are not None, also read as attributes, and
+    by integer index (which skips the None fields)."""
 
-    def to_tuple(self) -> tuple:
-        return tuple(getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None)
-
-    def keys(self) -> list[str]:
-        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
-
-    def values(self) -> list[Any]:
-        return [getattr(self, k) for k in self.keys()]
-
-    def items(self) -> list[tuple[str, Any]]:
-        return [(k, getattr(self, k)) for k in self.keys()]
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                super().__setitem__(f.name, value)
 
     def __getitem__(self, key: str | int | slice) -> Any:
         if isinstance(key, str):
-            if key not in self.keys():
-                raise KeyError(key)
-            return getattr(self, key)
+            return super().__getitem__(key)
         return self.to_tuple()[key]
 
-    def __contains__(self, key: object) -> bool:
-        return key in self.keys()
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        super().__setattr__(key, value)
 
-    def __iter__(self):
-        return iter(self.keys())
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.keys() and value is not None:
+            super().__setitem__(name, value)
+        super().__setattr__(name, value)
 
-    def __len__(self) -> int:
-        return len(self.keys())
+    def __delitem__(self, key: str) -> None:
+        raise TypeError(f"cannot delete from a {type(self).__name__}")
+
+    def to_tuple(self) -> tuple:
+        return tuple(self[k] for k in self.keys())
 
 
 @dataclass
