@@ -2,7 +2,7 @@
 
 vitmsn's own evaluation code, as ``vitmsn lowshot --data fashion-mnist --knn 20`` runs it: the Fashion-MNIST
 IDX files (``vitmsn.data.fashion_mnist``), ``load_backbone`` and ``extract_features`` (the image processor
-per image, then the ViT, CLS token after the final LayerNorm, batches of 256), then the MSN paper's
+once per batch, then the ViT, CLS token after the final LayerNorm, batches of 256), then the MSN paper's
 protocol from ``vitmsn.eval.lowshot``: L2-regularised multinomial logistic regression on 1, 2, 5 and 10
 labelled images per class, 3 seeded splits each, every fit predicting the 10k test images; and a cosine
 20-NN on all 60k training labels. Each phase is timed on its own (wall time); feature extraction is also
@@ -219,8 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
     images = {r["phase"]: r["images"] for r in cpu["rows"] if "images" in r}
     notes = [
         "Wall time of each phase of vitmsn's low-shot evaluation, one after the other in one process; "
-        "feature extraction includes the image processor (per image, in the main process with the default "
-        "--num-workers 0) and the DataLoader.",
+        "feature extraction includes the image processor (once per batch, as the DataLoader's collate "
+        "function, in the main process with the default --num-workers 0) and the DataLoader.",
         "logistic regression: scikit-learn's LogisticRegression (lbfgs, C = 1/0.00025, no intercept, "
         "max_iter 1000) on the centred, L2-normalised features, as the MSN paper's protocol; each fit also "
         "predicts the whole test split.",

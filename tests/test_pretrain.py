@@ -399,3 +399,13 @@ def test_devices_and_random_states_on_a_machine_without_gpu():
     state["cuda"] = [torch.zeros(16, dtype=torch.uint8)]  # an older checkpoint's list, one state per GPU
     set_rng_state(state, torch.device("cpu"))  # restores the CPU's generators, ignores the GPU's
     assert torch.equal(torch.rand(3), drawn)
+
+
+def test_list_settings_shows_the_preset_with_its_changes(capsys):
+    from vitmsn.cli import main
+
+    assert main(["pretrain", "--preset", "vit-small/16", "--set", "epochs=3", "--list-settings"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("settings of preset vit-small/16 with --set")
+    values = {line.split()[0]: line.split()[-1] for line in lines[1:]}
+    assert values["epochs"] == "3" and values["hidden_size"] == "384"

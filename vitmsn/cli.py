@@ -72,9 +72,6 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from vitmsn.msn.config import PretrainConfig, describe_settings, preset
     from vitmsn.msn.train import pretrain
 
-    if args.list_settings:
-        print("settings (--set key=value):\n" + describe_settings())
-        return
     if args.resume and args.preset is None and args.config is None:
         run = Path(args.out or "")
         if not (run / "config.json").exists():
@@ -92,6 +89,11 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     if args.epochs:
         changes.append(f"epochs={args.epochs}")
     cfg = cfg.with_overrides(changes)
+    if args.list_settings:
+        source = args.config or (f"run {args.out}" if args.resume else f"preset {args.preset or 'fashion-mnist'}")
+        print(f"settings of {source}{' with --set' if args.set else ''} (change any with --set key=value):\n"
+              + describe_settings(cfg))
+        return
     from vitmsn import distributed
 
     try:
@@ -132,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("pretrain", cmd_pretrain, "MSN self-supervised pretraining",
              "MSN pretraining on unlabelled images (an image folder or Fashion-MNIST).\n\n"
              "Start from a preset and change any setting with --set key=value (--list-settings shows them\n"
-             "all with their defaults). Checkpoints go to OUT/checkpoints; --resume continues a run exactly\n"
+             "all with their values). Checkpoints go to OUT/checkpoints; --resume continues a run exactly\n"
              "where it stopped. Under torchrun each process takes its share of the global batch.")
     sp.add_argument("--preset", help="fashion-mnist (default), vit-small/16, vit-base/16, vit-large/16, "
                                      "vit-base/4, vit-large/7")
@@ -146,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "also the projection head and prototypes)")
     sp.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
-    sp.add_argument("--list-settings", action="store_true", help="list every setting and its default, then exit")
+    sp.add_argument("--list-settings", action="store_true", help="list every setting with its value (of --preset, --config or the run, and --set), "
+                                                                "then exit")
 
     sp = add("export", cmd_export, "write a pretraining run's encoder as a transformers-format directory")
     sp.add_argument("run", help="run folder of vitmsn pretrain")

@@ -221,14 +221,18 @@ def preset(name: str) -> PretrainConfig:
     return PretrainConfig(**PRESETS[name], preset=name)
 
 
-def describe_settings() -> str:
-    """Every setting with its type and default, for ``--list-settings``."""
+def describe_settings(cfg: PretrainConfig | None = None) -> str:
+    """Every setting with its type and its value in ``cfg`` (default: the dataclass defaults), for
+    ``--list-settings``."""
     hints = typing.get_type_hints(PretrainConfig)
     lines = []
     for f in dataclasses.fields(PretrainConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if cfg is not None:
+            value = getattr(cfg, f.name)
+        else:
+            value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         tp = hints[f.name]
-        lines.append(f"  {f.name:<24} {getattr(tp, '__name__', str(tp)).replace('typing.', ''):<22} {default!r}")
+        lines.append(f"  {f.name:<24} {getattr(tp, '__name__', str(tp)).replace('typing.', ''):<22} {value!r}")
     return "\n".join(lines)
 
 
