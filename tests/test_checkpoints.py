@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -200,6 +202,21 @@ def test_pickle_that_runs_code_is_refused(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="refused"):
         vitmsn.ViTMSNModel.from_pretrained(tmp_path)
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_random_bytes_are_not_called_an_unsafe_pickle(tmp_path):
+    import stat
+
+    vitmsn.ViTMSNModel(vitmsn.ViTMSNConfig(**TINY)).save_pretrained(tmp_path)
+    mode = stat.S_IMODE((tmp_path / "config.json").stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask  # atomic writes keep a plain file's permissions, not mkstemp's 0600
+    (tmp_path / "model.safetensors").unlink()
+    (tmp_path / "pytorch_model.bin").write_bytes(np.random.default_rng(0).bytes(1000))
+    with pytest.raises(CheckpointError, match=r"not a PyTorch checkpoint \(damaged") as e:
+        vitmsn.ViTMSNModel.from_pretrained(tmp_path)
+    assert "run code" not in str(e.value) and "\n" not in str(e.value)
 
 
 def test_offline_hub_id_names_the_id(tmp_path, monkeypatch):

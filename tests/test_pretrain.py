@@ -237,18 +237,18 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, view_maker):
 
 
 def test_resume_refuses_changed_settings(tmp_path):
-    from vitmsn.msn.train import pretrain
+    from vitmsn.msn.train import _check_run_folder, pretrain
 
     cfg = tiny_config(tmp_path / "r", max_steps=1)
     pretrain(cfg, device="cpu", progress=False, dataset=Shapes())
     with pytest.raises(FileExistsError, match="--resume"):
         pretrain(cfg, device="cpu", progress=False, dataset=Shapes())
-    changed = tiny_config(tmp_path / "r", max_steps=2, lr=0.5)
-    with pytest.raises(ValueError, match=r"lr \(run: 0.001, now: 0.5\)"):
+    changed = tiny_config(tmp_path / "r", max_steps=2, sharpen=0.5)
+    with pytest.raises(ValueError, match=r"sharpen \(run: 0.25, now: 0.5\)"):
         pretrain(changed, resume=True, device="cpu", progress=False, dataset=Shapes())
+    # the learning rate may change (the way out of a loss that became NaN)
+    assert _check_run_folder(tiny_config(tmp_path / "r", max_steps=2, lr=1e-4), tmp_path / "r", True).lr == 1e-4
     # how the step runs may change: compile gives the same losses and checkpoints
-    from vitmsn.msn.train import _check_run_folder
-
     assert _check_run_folder(tiny_config(tmp_path / "r", max_steps=2, compile=True), tmp_path / "r", True).compile
 
 
@@ -261,7 +261,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
             return Image.fromarray(np.full((32, 32, 3), 255, np.uint8)), 0
 
     cfg = tiny_config(tmp_path / "nan", max_steps=3, mean=(0.0,) * 3, std=(1e-30,) * 3)  # inf pixels
-    with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
+    with pytest.raises(NonFiniteLossError, match="no checkpoint was written before it: start again with a lower"):
         pretrain(cfg, device="cpu", progress=False, dataset=Bad())
 
 
@@ -409,3 +409,51 @@ def test_list_settings_shows_the_preset_with_its_changes(capsys):
     assert lines[0].startswith("settings of preset vit-small/16 with --set")
     values = {line.split()[0]: line.split()[-1] for line in lines[1:]}
     assert values["epochs"] == "3" and values["hidden_size"] == "384"
+
+
+def test_bad_runs_and_checkpoints_are_one_clear_line_and_change_nothing(tmp_path, capsys):
+    """Wrong devices, settings files, output folders and checkpoints: one error line each, nothing written."""
+    from vitmsn.cli import main
+    from vitmsn.models.hf import ViTMSNModel
+
+    def error(*argv: str) -> str:
+        assert main(list(argv)) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        return err
+
+    model = tmp_path / "model"
+    ViTMSNModel(tiny_config(tmp_path).encoder_config()).save_pretrained(model)
+    before = (model / "config.json").read_bytes()
+    assert "no CUDA GPU" in error("pretrain", "--device", "cuda", "--out", str(tmp_path / "r"), "--no-progress") \
+        or torch.cuda.is_available()
+    assert "unknown device 'gpu'" in error("pretrain", "--device", "gpu", "--out", str(tmp_path / "r"))
+    assert "not a pretraining run's" in error("pretrain", "--out", str(model), "--data", str(tmp_path / "no"))
+    assert (model / "config.json").read_bytes() == before  # the model's files are untouched
+    assert not (tmp_path / "r").exists()
+    (tmp_path / "typo.json").write_text('{"bach_size": 3}')
+    assert "did you mean batch_size" in error("pretrain", "--config", str(tmp_path / "typo.json"))
+    assert "model config.json" in error("pretrain", "--config", str(model / "config.json"))
+    assert "log_every must be an integer >= 1" in error("pretrain", "--set", "log_every=0")
+    assert "rand_crop_scale must be two numbers" in error("pretrain", "--set", "rand_crop_scale=0.5")
+    assert "epochs must be an integer >= 1" in error("pretrain", "--epochs", "0")
+
+    # a run, then: export into it / over a model; a fine-tuning-style checkpoint; a run of another shape
+    run = tmp_path / "run"
+    from vitmsn.msn.train import pretrain
+
+    pretrain(tiny_config(run, max_steps=1), device="cpu", progress=False, dataset=Shapes())
+    assert "training run's folder" in error("export", str(run), str(run))
+    assert "not empty" in error("export", str(run), str(model))
+    assert main(["export", str(run), str(model), "--overwrite"]) == 0
+    capsys.readouterr()
+    other = tmp_path / "other"
+    pretrain(tiny_config(other, max_steps=1, hidden_size=48), device="cpu", progress=False, dataset=Shapes())
+    (run / "checkpoints" / "latest.pt").write_bytes((other / "checkpoints" / "latest.pt").read_bytes())
+    from vitmsn.checkpoints import CheckpointError
+
+    with pytest.raises(CheckpointError, match="latest.pt does not fit: size mismatch") as e:
+        pretrain(tiny_config(run, max_steps=2), resume=True, device="cpu", progress=False, dataset=Shapes())
+    assert "\n" not in str(e.value)
+    torch.save({"step": 1, "model": {}, "optimizer": {}, "settings": {}}, run / "checkpoints" / "latest.pt")
+    assert "is a fine-tuning checkpoint" in error("export", str(run), str(tmp_path / "m2"))

@@ -46,6 +46,12 @@ class CheckpointError(ValueError):
 # ---------------------------------------------------------------------------------------- atomic writes
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)``, then rename the temporary file over ``path``: readers never see half a file."""
     path = Path(path)
@@ -53,6 +59,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private (0600); give it a plain file's mode
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -270,15 +277,46 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return load_pickle(path)
 
 
+def _globals_in_pickle(path: str | os.PathLike) -> str | None:
+    """The code a pickle names (GLOBAL / STACK_GLOBAL opcodes), read without running it; None for a file that
+    is no pickle at all (or names nothing)."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):  # torch.save's format: the pickle is <name>/data.pkl in a zip
+            with zipfile.ZipFile(path) as z:
+                data = next((z.read(n) for n in z.namelist() if n.endswith("data.pkl")), b"")
+        else:
+            data = Path(path).read_bytes()
+        names, strings = [], []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL":
+                names.append(".".join(strings[-2:]))
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # noqa: BLE001 - not a well-formed pickle: say so, rather than guess
+        return None
+    risky = [n for n in names if not n.startswith(("torch.", "collections.OrderedDict", "numpy."))]
+    return ", ".join(dict.fromkeys(risky)) or None
+
+
 def load_pickle(path: str | os.PathLike) -> Any:
     """``torch.load`` with ``weights_only=True``; a file that would need to run code is refused."""
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except __import__("pickle").UnpicklingError as e:
-        raise CheckpointError(
-            f"refused to load {path}: it is a pickle that needs to run code to load, and vitmsn loads pickles "
-            f"only with weights_only=True. If you trust the file, convert it to safetensors first. ({e})"
-        ) from None
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        code = found.group(1) if found else _globals_in_pickle(path)
+        if code:  # a real pickle that names code to call (a class or function beyond plain tensors)
+            raise CheckpointError(
+                f"refused to load {path}: loading it would run code ({code}), and vitmsn loads pickles only "
+                "with weights_only=True. If you trust the file, convert it to safetensors first."
+            ) from None
+        raise CheckpointError(f"cannot read {path}: not a PyTorch checkpoint (damaged, or another kind of "
+                              "file)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {path}: not a readable PyTorch checkpoint ({e})") from None
 
@@ -421,6 +459,31 @@ def _torch_dtype(dtype: torch.dtype | str) -> torch.dtype:
     if not isinstance(value, torch.dtype):
         raise ValueError(f"dtype={dtype!r} is not a torch dtype (e.g. 'float32', 'bfloat16', 'auto')")
     return value
+
+
+# what a model directory holds: the files written into one (and replaced, with overwrite=True)
+MODEL_FILES = (CONFIG, SAFE_WEIGHTS, SAFE_INDEX, PT_WEIGHTS, PT_INDEX, "preprocessor_config.json",
+               "msn_head.safetensors", "msn_pretrain.json")
+
+
+def prepare_model_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """A directory to write a model into. One that holds anything is refused (nothing of the user's is
+    replaced), unless ``overwrite``: then the model files an earlier write left are removed first (so that no
+    stale file, such as another model's projection head, stays beside the new ones). A training run's folder
+    is refused either way."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} is a file; give a directory to write the model into")
+    if path.is_dir() and any(path.iterdir()):
+        if (path / "checkpoints").is_dir() or (path / "log.csv").exists():
+            raise FileExistsError(f"{path} is a training run's folder; write the model into another directory")
+        if not overwrite:
+            raise FileExistsError(f"{path} is not empty; choose a new directory, or pass --overwrite to replace "
+                                  "the model in it")
+        for name in MODEL_FILES:
+            (path / name).unlink(missing_ok=True)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def save_pretrained(model: torch.nn.Module, save_directory: str | os.PathLike,

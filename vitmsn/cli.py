@@ -72,6 +72,10 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from vitmsn.msn.config import PretrainConfig, describe_settings, preset
     from vitmsn.msn.train import pretrain
 
+    if args.preset and args.config:
+        raise UserError("give --preset or --config, not both (a config.json holds every setting)")
+    if args.resume and args.init:
+        raise UserError("--init starts a new run from a model and --resume continues a run: give one of them")
     if args.resume and args.preset is None and args.config is None:
         run = Path(args.out or "")
         if not (run / "config.json").exists():
@@ -86,7 +90,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         changes.append(f"data={args.data}")
     if args.out:
         changes.append(f"out={args.out}")
-    if args.epochs:
+    if args.epochs is not None:
         changes.append(f"epochs={args.epochs}")
     cfg = cfg.with_overrides(changes)
     if args.list_settings:
@@ -107,7 +111,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     """Write a run's target encoder as a transformers-format ViT-MSN directory."""
     from vitmsn.msn.train import export_encoder
 
-    out = export_encoder(args.run, args.out, checkpoint=args.checkpoint, which=args.which)
+    out = export_encoder(args.run, args.out, checkpoint=args.checkpoint, which=args.which, overwrite=args.overwrite)
     print(f"wrote {out} (load it with ViTMSNModel.from_pretrained({str(out)!r}))")
 
 
@@ -157,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", help="a checkpoint file other than checkpoints/latest.pt")
     sp.add_argument("--which", choices=("target", "online"), default="target",
                     help="the EMA target encoder (default, as the paper evaluates) or the online encoder")
+    sp.add_argument("--overwrite", action="store_true", help="replace the model in OUT (by default OUT must be "
+                                                              "new or empty)")
 
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(add)
@@ -172,10 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     from vitmsn.checkpoints import CheckpointError
+    from vitmsn.training import NonFiniteLossError
 
     try:
         args.func(args)
-    except (UserError, CheckpointError, FileNotFoundError, FileExistsError, ValueError, OSError) as e:
+    except (UserError, CheckpointError, NonFiniteLossError, ValueError, OSError) as e:
         if args.verbose:
             raise
         print(f"vitmsn {args.command}: error: {e}", file=sys.stderr)

@@ -36,7 +36,7 @@ def init_from_env(device: str | None = None) -> torch.device:
     Under torchrun each process takes the GPU of its LOCAL_RANK. In one process, ``"cuda:1"`` means that GPU;
     ``"cuda"`` (or no device, with a GPU present) means the current one.
     """
-    use_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    use_cuda = torch.cuda.is_available() if device is None else _parse_device(device).type == "cuda"
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         if use_cuda:
@@ -50,12 +50,23 @@ def init_from_env(device: str | None = None) -> torch.device:
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``device``, or CUDA when there is a GPU and the CPU when not. A GPU comes back with its index and
     becomes the current one, so that everything else (pinned-memory copies, new tensors) goes to it too."""
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = _parse_device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dev.type != "cuda":
         return dev
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA GPU is available here; use cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: there are only {torch.cuda.device_count()} GPUs")
     index = dev.index if dev.index is not None else torch.cuda.current_device()
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
+
+
+def _parse_device(device: str | torch.device) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}: expected cpu, cuda or cuda:N") from None
 
 
 def shutdown() -> None:

@@ -123,15 +123,36 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return atomic_torch_save(state, path)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a training checkpoint with ``weights_only=True``."""
+PRETRAIN_KEYS = ("online", "target", "prototypes", "optimizer", "config")
+FINETUNE_KEYS = ("model", "optimizer", "settings")
+
+
+def load_checkpoint(path: str | Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a training checkpoint with ``weights_only=True``; ``keys``: what this kind of run's checkpoints
+    hold (``PRETRAIN_KEYS`` or ``FINETUNE_KEYS``), so that another kind is one clear error."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     state = load_pickle(path)
     if not isinstance(state, dict) or "step" not in state:
         raise CheckpointError(f"{path} is not a vitmsn training checkpoint")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        kind = next((name for name, ks in (("an MSN pretraining", PRETRAIN_KEYS), ("a fine-tuning", FINETUNE_KEYS))
+                     if all(k in state for k in ks)), "another kind of")
+        raise CheckpointError(f"{path} is {kind} checkpoint, not one of this kind of run (it has no "
+                              f"{', '.join(missing)})")
     return state
+
+
+def load_weights_into(module: torch.nn.Module, weights: dict[str, Any], source: str | Path, fix: str) -> None:
+    """``module.load_state_dict(weights)``, strict; a mismatch is one error naming ``source`` and saying
+    what to change (``fix``)."""
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as e:
+        first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+        raise CheckpointError(f"{source} does not fit: {first.rstrip('.')}; {fix}") from None
 
 
 # ------------------------------------------------------------------------------------------------ logs
@@ -192,3 +213,10 @@ class MetricLogger:
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+def non_finite_advice(checkpoint: Path, lower_lr: str) -> str:
+    """What to do after a non-finite loss, given the run's latest checkpoint (which may not exist yet)."""
+    if Path(checkpoint).exists():
+        return f"the last good checkpoint is {checkpoint}: resume from it with {lower_lr} (or bf16 off)"
+    return f"no checkpoint was written before it: start again with {lower_lr} (or bf16 off)"

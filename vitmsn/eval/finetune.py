@@ -43,11 +43,14 @@ from tqdm.auto import tqdm
 from vitmsn.distributed import resolve_device
 from vitmsn.msn.schedules import Schedule, default_no_decay, param_groups
 from vitmsn.training import (
+    FINETUNE_KEYS,
     GlobalBatchSampler,
     MetricLogger,
     NonFiniteLossError,
     SeededTransform,
     load_checkpoint,
+    load_weights_into,
+    non_finite_advice,
     rng_state,
     save_checkpoint,
     seed_everything,
@@ -75,7 +78,8 @@ SETTINGS_FILE = "finetune.json"
 LR_SCALE_KEY = "lr_scale"
 # settings that may differ between a run and its resumption (everything else must match)
 _RESUMABLE_CHANGES = frozenset(
-    {"num_workers", "max_steps", "device", "tensorboard", "log_every", "checkpoint_every_steps", "data_root"}
+    {"num_workers", "max_steps", "device", "tensorboard", "log_every", "checkpoint_every_steps", "data_root",
+     "lr", "bf16", "clip_grad"}  # the last three: the way out of a loss that became NaN
 )
 
 
@@ -472,8 +476,9 @@ def finetune(
     history: list[dict[str, Any]] = []
     running = [0.0, 0, 0]  # this epoch's training loss sum, correct predictions, images
     if resume:
-        state = load_checkpoint(out / "checkpoints" / LATEST)
-        net.load_state_dict(state["model"])
+        state = load_checkpoint(out / "checkpoints" / LATEST, FINETUNE_KEYS)
+        load_weights_into(net, state["model"], out / "checkpoints" / LATEST, "its run's finetune.json says which "
+                          "model it fine-tunes")
         optimizer.load_state_dict(state["optimizer"])
         step, best_epoch = int(state["step"]), int(state["best_epoch"])
         best_acc, best_loss = float(state["best_acc"]), float(state["best_loss"])
@@ -522,10 +527,8 @@ def finetune(
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
-                    raise NonFiniteLossError(
-                        f"the loss became {loss_value} at step {step}; the last good checkpoint is "
-                        f"{out / 'checkpoints' / LATEST}. Lower lr or turn bf16 off, then resume."
-                    )
+                    raise NonFiniteLossError(f"the loss became {loss_value} at step {step}; " + non_finite_advice(
+                        out / "checkpoints" / LATEST, "a lower learning rate (--resume --lr ...)"))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = (

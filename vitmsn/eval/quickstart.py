@@ -138,7 +138,7 @@ def quickstart(*, data: str | None = None, out: str = "runs/quickstart", smoke: 
     else:
         pretrain(cfg, device=device, progress=progress)
     pretrain_s = time.perf_counter() - t0
-    model_dir = export_encoder(cfg.out, outp / "model")
+    model_dir = export_encoder(cfg.out, outp / "model", overwrite=True)  # the run may be newer
 
     # -- features of the pretrained ViT, of the same ViT with random weights, and raw pixels
     train, test, classes = labelled_splits("fashion-mnist", root=data)

@@ -7,6 +7,7 @@ Every field is written to ``config.json`` in the run folder.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import types
 import typing
@@ -93,6 +94,31 @@ class PretrainConfig:
         self.validate()
 
     def validate(self) -> None:
+        """One ``ValueError`` naming the setting, for any value no run can use."""
+        at_least = {"patch_size": 1, "rand_size": 1, "focal_size": 1, "head_hidden_dim": 1, "head_output_dim": 1,
+                    "num_prototypes": 1, "log_every": 1, "checkpoint_every": 1, "checkpoint_every_steps": 0,
+                    "max_steps": 0, "num_workers": 0}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        ranges = {"lr": (0.0, None, False), "start_lr": (0.0, None, True), "final_lr": (0.0, None, True),
+                  "weight_decay": (0.0, None, True), "final_weight_decay": (0.0, None, True),
+                  "clip_grad": (0.0, None, True), "warmup_epochs": (0.0, None, True), "temperature": (0.0, None, False),
+                  "sharpen": (0.0, None, False), "me_max_weight": (0.0, None, True),
+                  "entropy_weight": (0.0, None, True), "color_jitter": (0.0, None, True),
+                  "blur_prob": (0.0, 1.0, True), "ema_start": (0.0, 1.0, True), "ema_end": (0.0, 1.0, True),
+                  "label_smoothing": (0.0, 1.0, True), "drop_path": (0.0, 1.0, True)}
+        for name, (low, high, low_ok) in ranges.items():
+            value = float(getattr(self, name))
+            if not (value >= low if low_ok else value > low) or (high is not None and value > high) \
+                    or value != value:
+                bound = f"{'>=' if low_ok else '>'} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+                raise ValueError(f"{name} must be {bound}, got {getattr(self, name)!r}")
+        for name in ("rand_crop_scale", "focal_crop_scale"):
+            scale = getattr(self, name)
+            if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
+                raise ValueError(f"{name} must be two numbers lo,hi with 0 < lo <= hi <= 1, got {scale!r}")
         if self.dataset not in ("folder", "fashion-mnist"):
             raise ValueError(f"dataset must be 'folder' or 'fashion-mnist', got {self.dataset!r}")
         if self.view_maker not in ("auto", "workers", "batched"):
@@ -104,8 +130,10 @@ class PretrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be a multiple of patch_size={self.patch_size}")
         if self.rand_views < 1 or self.focal_views < 0:
             raise ValueError("need rand_views >= 1 and focal_views >= 0")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError("need epochs >= 1 and batch_size >= 2 (BatchNorm needs two samples)")
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be an integer >= 1, got {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 2:
+            raise ValueError(f"batch_size must be an integer >= 2 (BatchNorm needs two samples), got {self.batch_size!r}")
         if len(self.mean) != self.num_channels or len(self.std) != self.num_channels:
             raise ValueError(f"mean and std need {self.num_channels} values each (num_channels)")
         if self.schedule_stretch < 1.0:
@@ -131,8 +159,18 @@ class PretrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> PretrainConfig:
-        data = json.loads(Path(path).read_text())
-        return cls(**{k: _coerce(cls, k, v) for k, v in data.items()})
+        """Settings from a JSON file (a run's config.json); any problem is one ``ValueError`` naming the file."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is not a JSON file of settings ({e})") from None
+        if not isinstance(data, dict) or "model_type" in data:
+            raise ValueError(f"{path} does not hold pretraining settings (a JSON object of setting: value"
+                             f"{'; this is a model config.json' if isinstance(data, dict) else ''})")
+        try:
+            return cls().with_overrides(data)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
     def with_overrides(self, assignments: list[str] | dict[str, Any]) -> PretrainConfig:
         """Apply ``["lr=0.001", "focal_views=4"]`` (strings are parsed to the field's type)."""
@@ -150,7 +188,7 @@ class PretrainConfig:
         for k, v in items:
             k = k.replace("-", "_")
             if k not in names:
-                close = [n for n in names if k in n or n in k]
+                close = difflib.get_close_matches(k, names, n=3) or [n for n in names if k in n or n in k]
                 hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
                 raise ValueError(f"unknown setting {k!r}{hint}; see `vitmsn pretrain --list-settings`")
             changes[k] = _coerce(type(self), k, v)
@@ -170,7 +208,10 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
     if origin is tuple:
         if isinstance(value, str):
             value = [x for x in value.replace("(", "").replace(")", "").split(",") if x.strip()]
-        return tuple(float(x) for x in value)
+        try:
+            return tuple(float(x) for x in value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} expects numbers separated by commas, got {value!r}") from None
     if tp is bool:
         if isinstance(value, str):
             if value.lower() in ("1", "true", "yes", "on"):
@@ -179,6 +220,8 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
                 return False
             raise ValueError(f"{name} expects true or false, got {value!r}")
         return bool(value)
+    if tp is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"{name} expects an integer, got {value!r}")
     try:
         return tp(value)
     except (TypeError, ValueError):

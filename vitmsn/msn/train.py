@@ -33,11 +33,14 @@ from vitmsn.msn.masking import random_keep_indices
 from vitmsn.msn.model import MSNNetwork
 from vitmsn.msn.schedules import Schedule, ema_update, param_groups, set_lr, set_weight_decay
 from vitmsn.training import (
+    PRETRAIN_KEYS,
     GlobalBatchSampler,
     MetricLogger,
     NonFiniteLossError,
     SeededTransform,
     load_checkpoint,
+    load_weights_into,
+    non_finite_advice,
     rng_state,
     save_checkpoint,
     seed_everything,
@@ -49,7 +52,9 @@ logger = logging.getLogger("vitmsn")
 LATEST = "latest.pt"
 # settings that may differ between a run and its resumption (everything else must match)
 _RESUMABLE_CHANGES = {"out", "num_workers", "log_every", "max_steps", "checkpoint_every", "checkpoint_every_steps",
-                      "tensorboard", "data", "compile"}
+                      "tensorboard", "data", "compile",
+                      # the way out of a loss that became NaN: the schedules are recomputed from these
+                      "lr", "start_lr", "final_lr", "bf16", "clip_grad"}
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -165,9 +170,10 @@ class MSNState:
                 "prototypes": self.prototypes.weight.detach(), "optimizer": self.optimizer.state_dict(),
                 "rng": rng_state(self.prototypes.weight.device), "config": cfg.to_dict()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.online.load_state_dict(state["online"])
-        self.target.load_state_dict(state["target"])
+    def load_state_dict(self, state: dict[str, Any], source: str | Path = "the checkpoint") -> None:
+        fix = "its run's config.json says which settings it was made with"
+        load_weights_into(self.online, state["online"], source, fix)
+        load_weights_into(self.target, state["target"], source, fix)
         with torch.no_grad():
             self.prototypes.weight.copy_(state["prototypes"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -212,13 +218,15 @@ def _load_init(online: MSNNetwork, prototypes: Prototypes, init: str) -> None:
             len(encoder.blocks) != len(online.encoder.blocks) or encoder.patch_size != online.encoder.patch_size:
         raise ValueError(f"{init} holds a ViT of another shape than the config asks for; set hidden_size, "
                          "num_hidden_layers, num_attention_heads, intermediate_size and patch_size to match")
-    online.encoder.load_state_dict(encoder.state_dict(), strict=True)
+    load_weights_into(online.encoder, encoder.state_dict(), init,
+                      "set the encoder settings (and rand_size: the position embeddings) to the model's")
     head_file = Path(init) / "msn_head.safetensors"
     if head_file.exists():
         from vitmsn.convert import load_msn_head
 
         head, protos = load_msn_head(init)
-        online.head.load_state_dict(head.state_dict())
+        load_weights_into(online.head, head.state_dict(), head_file,
+                          "set head_hidden_dim / head_output_dim / head_use_bn to match it")
         if protos.shape != prototypes.weight.shape:
             raise ValueError(f"{init} has prototypes of shape {tuple(protos.shape)}, the config asks for "
                              f"{tuple(prototypes.weight.shape)}: set num_prototypes / head_output_dim to match")
@@ -360,9 +368,6 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
     ckpt_dir = out / "checkpoints"
     cfg = _check_run_folder(cfg, out, resume)
     main = dist.is_main()
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / "config.json")
     seed_everything(cfg.seed)
     W = dist.world_size()
     if cfg.batch_size % W:
@@ -385,8 +390,11 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
         state, cfg, DistributedDataParallel(state.online) if W > 1 else state.online)
     criterion = build_criterion(cfg)
     if resume:
-        state.load_state_dict(load_checkpoint(ckpt_dir / LATEST))
+        state.load_state_dict(load_checkpoint(ckpt_dir / LATEST, PRETRAIN_KEYS), source=ckpt_dir / LATEST)
         logger.info("resumed %s at step %d", out, state.step)
+    if main:  # written once the data, the networks and the checkpoint have all been checked
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.json")
     log = MetricLogger(out, enabled=main, tensorboard=cfg.tensorboard)
     log.truncate_after(state.step)
     num_patches = cfg.encoder_config().num_patches
@@ -407,8 +415,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
                     res = train_step(state, cfg, criterion, sched, views, keep_idx, online=online, target=target,
                                      amp=amp)
                 except NonFiniteLossError as e:
-                    raise NonFiniteLossError(f"{e}; the last good checkpoint is {ckpt_dir / LATEST}. Lower lr or "
-                                             "turn bf16 off, then resume with --resume.") from None
+                    raise NonFiniteLossError(f"{e}; " + non_finite_advice(
+                        ckpt_dir / LATEST, "a lower learning rate (--resume --set lr=...)")) from None
 
                 # -- logs, progress, checkpoints; the metrics are read from the device on logging steps only
                 seen += b * W
@@ -463,6 +471,12 @@ def _check_run_folder(cfg: PretrainConfig, out: Path, resume: bool) -> PretrainC
     if not resume:
         if latest.exists():
             raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+        if (out / "config.json").exists():  # a run stopped before its first checkpoint may start again
+            try:
+                PretrainConfig.load(out / "config.json")
+            except ValueError:
+                raise FileExistsError(f"{out} holds a config.json that is not a pretraining run's (a model?); "
+                                      "choose another --out") from None
         return cfg
     if not latest.exists():
         raise FileNotFoundError(f"nothing to resume: {latest} does not exist")
@@ -481,21 +495,23 @@ def _check_run_folder(cfg: PretrainConfig, out: Path, resume: bool) -> PretrainC
 
 
 def export_encoder(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str | Path | None = None,
-                   which: str = "target") -> Path:
-    """Write the target (EMA) encoder of a run as a transformers-format ViT-MSN directory."""
+                   which: str = "target", overwrite: bool = False) -> Path:
+    """Write the target (EMA) encoder of a run as a transformers-format ViT-MSN directory (a new or empty one;
+    with ``overwrite``, one that holds an earlier export)."""
+    from vitmsn.checkpoints import prepare_model_dir
     from vitmsn.models.hf import ViTMSNModel
 
     run_dir = Path(run_dir)
     ckpt = Path(checkpoint) if checkpoint else run_dir / "checkpoints" / LATEST
-    state = load_checkpoint(ckpt)
-    cfg = PretrainConfig(**{k: v for k, v in state["config"].items()})
+    state = load_checkpoint(ckpt, PRETRAIN_KEYS)
+    cfg = PretrainConfig().with_overrides(state["config"])
     model = ViTMSNModel(cfg.encoder_config())
     prefix = "encoder."
     weights = {k[len(prefix):]: v for k, v in state[which].items() if k.startswith(prefix)}
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ValueError(f"{ckpt}: encoder weights do not fit (missing {missing}, unexpected {unexpected})")
-    out_dir = Path(out_dir)
+    out_dir = prepare_model_dir(out_dir, overwrite)
     model.save_pretrained(out_dir)
     from vitmsn.processing import ViTImageProcessor
 
