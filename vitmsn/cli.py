@@ -19,7 +19,7 @@ EPILOG = """examples:
   vitmsn pretrain --preset fashion-mnist             # MSN pretraining with a preset
   vitmsn pretrain --preset vit-small/16 --data ~/images --set batch_size=256 --set epochs=100
   torchrun --nproc_per_node 8 -m vitmsn pretrain --preset vit-base/16 --data /imagenet/train
-  vitmsn export runs/msn my-model                    # the target encoder as a transformers directory
+  vitmsn export runs/vit-small-16 my-model           # the target encoder as a transformers directory
   vitmsn lowshot --model my-model --data fashion-mnist --shots 1,2,5,10
   vitmsn predict --model my-classifier cat.jpg
   vitmsn info --model my-model
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "vit-base/4, vit-large/7")
     sp.add_argument("--config", help="a config.json of an earlier run to start from")
     sp.add_argument("--data", help="image folder, or the folder of the Fashion-MNIST IDX files")
-    sp.add_argument("--out", help="run folder (default: runs/<preset>)")
+    sp.add_argument("--out", help="run folder (default: runs/<preset>, e.g. runs/vit-small-16)")
     sp.add_argument("--epochs", type=int, help="number of epochs (same as --set epochs=N)")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a setting (repeatable)")
     sp.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")

@@ -99,6 +99,11 @@ def resolve_file(
             f"{repo_id!r} is neither an existing local directory nor a valid Hugging Face Hub repo id."
         ) from err
 
+    if "/" not in repo_id and not _repo_in_cache(repo_id, cache_dir or _default_cache_dir()):
+        # every ViT on the Hub is "org/name": a bare name is far more likely a mistyped local folder than a
+        # legacy id, and asking the Hub for it would mean seconds of retries before the same answer
+        raise FileNotFoundError(f"no local directory {repo_id!r} (and Hub ids have the form org/name, such as "
+                                "facebook/vit-msn-small)")
     if cache_dir is None:
         cache_dir = _default_cache_dir()
     offline = is_offline() or local_files_only

@@ -197,11 +197,17 @@ on {meta['test_images']} test images, mean ± std over {meta['splits']} split(s)
 
 
 def _ints(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x.strip()]
+    try:
+        return [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas (e.g. 1,2,5), got {s!r}") from None
 
 
 def _floats(s: str) -> list[float]:
-    return [float(x) for x in s.split(",") if x.strip()]
+    try:
+        return [float(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas (e.g. 1,10), got {s!r}") from None
 
 
 def cmd_lowshot(args: argparse.Namespace) -> None:

@@ -83,7 +83,8 @@ class PretrainConfig:
     seed: int = 0
     # -- logging and checkpoints
     out: str = "runs/msn"
-    checkpoint_every: int = 1  # epochs between numbered checkpoints ("latest" is written every epoch)
+    # epochs between numbered checkpoints, each with the optimizer's state ("latest" is written every epoch)
+    checkpoint_every: int = 50
     checkpoint_every_steps: int = 0  # also refresh "latest" every N steps (0: only at epoch ends)
     log_every: int = 10
     max_steps: int = 0  # stop after this many steps in total (0: the whole run); for smoke tests
@@ -261,7 +262,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset(name: str) -> PretrainConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return PretrainConfig(**PRESETS[name], preset=name)
+    return PretrainConfig(**{"out": f"runs/{name.replace('/', '-')}", **PRESETS[name]}, preset=name)
 
 
 def describe_settings(cfg: PretrainConfig | None = None) -> str:
