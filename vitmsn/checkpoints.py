@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -281,7 +282,6 @@ def _globals_in_pickle(path: str | os.PathLike) -> str | None:
     """The code a pickle names (GLOBAL / STACK_GLOBAL opcodes), read without running it; None for a file that
     is no pickle at all (or names nothing)."""
     import pickletools
-    import zipfile
 
     try:
         if zipfile.is_zipfile(path):  # torch.save's format: the pickle is <name>/data.pkl in a zip
@@ -303,10 +303,12 @@ def _globals_in_pickle(path: str | os.PathLike) -> str | None:
     return ", ".join(dict.fromkeys(risky)) or None
 
 
-def load_pickle(path: str | os.PathLike) -> Any:
-    """``torch.load`` with ``weights_only=True``; a file that would need to run code is refused."""
+def load_pickle(path: str | os.PathLike, mmap: bool = False) -> Any:
+    """``torch.load`` with ``weights_only=True``; a file that would need to run code is refused. ``mmap``
+    (for torch.save's zip files): tensors stay in the file until used, so that N processes resuming one run
+    do not each hold a full copy in memory at once."""
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except __import__("pickle").UnpicklingError as e:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         code = found.group(1) if found else _globals_in_pickle(path)

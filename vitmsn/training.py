@@ -133,7 +133,7 @@ def load_checkpoint(path: str | Path, keys: tuple[str, ...] = ()) -> dict[str, A
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    state = load_pickle(path)
+    state = load_pickle(path, mmap=True)
     if not isinstance(state, dict) or "step" not in state:
         raise CheckpointError(f"{path} is not a vitmsn training checkpoint")
     missing = [k for k in keys if k not in state]
