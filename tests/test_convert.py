@@ -194,6 +194,17 @@ def test_keep_head_round_trip(tmp_path, use_bn):
     assert head.fc.bn1.num_batches_tracked.item() == 7 if use_bn else not hasattr(head.fc, "bn1")
 
 
+def test_converting_again_replaces_only_with_overwrite(tmp_path):
+    """A second conversion into the same folder is refused, or with overwrite leaves no stale head behind."""
+    make_msn_checkpoint(tmp_path / "ckpt.pth.tar")
+    out = convert_msn_checkpoint(tmp_path / "ckpt.pth.tar", tmp_path / "out", keep_head=True, num_attention_heads=2)
+    with pytest.raises(FileExistsError, match="not empty"):
+        convert_msn_checkpoint(tmp_path / "ckpt.pth.tar", out, num_attention_heads=2)
+    convert_msn_checkpoint(tmp_path / "ckpt.pth.tar", out, num_attention_heads=2, overwrite=True)
+    assert not (out / "msn_head.safetensors").exists() and not (out / "msn_head.json").exists()
+    assert vitmsn.ViTMSNModel.from_pretrained(out).config.hidden_size == 32
+
+
 def test_pretrain_init_takes_the_kept_head(tmp_path):
     """``vitmsn pretrain --init DIR`` starts from the converted encoder, head and prototypes."""
     from vitmsn.msn.config import PretrainConfig
@@ -579,3 +590,32 @@ def test_onnx_opset_below_17(tmp_path, ort):
         torch.testing.assert_close(_run(ort, path, x)[0], model(x).last_hidden_state, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="opset 17 and above"):
         export_onnx(model, tmp_path / "d.onnx", opset=14, exporter="dynamo")
+
+
+def test_onnx_refuses_bad_opset_and_image_size(tmp_path, capsys):
+    from vitmsn.cli import main
+    from vitmsn.convert import onnx_opset_range
+
+    model = vitmsn.ViTMSNModel(ViTMSNConfig(**SMALL)).eval()
+    lo, hi = onnx_opset_range("auto")
+    assert lo == 14 and hi >= 17
+    assert onnx_opset_range("torchscript")[1] <= 20 and onnx_opset_range("dynamo")[0] == 17
+    for opset in (5, lo - 1, hi + 1):
+        with pytest.raises(ValueError, match=f"opset {opset} is not one .* choose {lo} to {hi}"):
+            export_onnx(model, tmp_path / "m.onnx", opset=opset)
+    ts_max = onnx_opset_range("torchscript")[1]
+    with pytest.raises(ValueError, match=f"choose 14 to {ts_max}"):
+        export_onnx(model, tmp_path / "m.onnx", opset=ts_max + 1, exporter="torchscript")
+    patch = SMALL["patch_size"]
+    with pytest.raises(ValueError, match=f"must be divisible by patch_size {patch}"):
+        export_onnx(model, tmp_path / "m.onnx", image_size=2 * patch + 1)
+    assert not (tmp_path / "m.onnx").exists()
+    # the command line: one line, and an existing file is left as it was
+    model.save_pretrained(tmp_path / "model")
+    (tmp_path / "old.onnx").write_bytes(b"the user's model")
+    for extra, needle in ((["--opset", "5"], "opset 5"), (["--image-size", str(2 * patch + 1)], "divisible")):
+        assert main(["export-onnx", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "old.onnx"),
+                     *extra]) == 2  # fmt: skip
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+    assert (tmp_path / "old.onnx").read_bytes() == b"the user's model"

@@ -20,7 +20,9 @@ from vitmsn.data.folder import (
     IMAGE_EXTENSIONS,
     ImageFolderDataset,
     ImageLoadError,
+    NoLoadableImageError,
     balanced_subset,
+    drop_unreadable,
     load_image,
     percent_subset,
     read_subset_file,
@@ -299,7 +301,8 @@ def test_folder_labelled_skips_bad_files(messy_folder, caplog):
     assert items[6][0].getpixel((0, 0)) == (9, 9, 9)  # f -> h
     assert [i[0].tobytes() for i in items] == [i[0].tobytes() for i in items_again]
     assert {Path(p).relative_to(messy_folder).as_posix() for p in ds.skipped} == BAD
-    assert ds.num_skipped == 6 and all(v == 2 for v in ds.skipped.values())
+    # files, not replacements: each bad file was replaced twice but is one unreadable image
+    assert ds.num_skipped == 3 and all(v == 2 for v in ds.skipped.values())
     warnings = [r for r in caplog.records if r.name == "vitmsn" and r.levelno == logging.WARNING]
     assert len(warnings) == 3  # one per bad file, not per access
     assert len(rel) == 8
@@ -348,12 +351,51 @@ def test_folder_errors(tmp_path):
     (tmp_path / "allbad" / "c").mkdir(parents=True)
     (tmp_path / "allbad" / "c" / "a.png").write_bytes(b"")
     ds = ImageFolderDataset(tmp_path / "allbad")
-    with pytest.raises(RuntimeError, match="no loadable image"):
+    # a ValueError (an ImageLoadError), so that the command line prints it as one line
+    with pytest.raises(NoLoadableImageError, match="no loadable image under .*allbad: all 1 image files") as info:
         ds[0]
+    assert isinstance(info.value, ImageLoadError) and isinstance(info.value, ValueError)
     with pytest.raises(FileNotFoundError, match="no loadable image"):
         ds.scan(progress=False)
     with pytest.raises(IndexError):
         ImageFolderDataset(tmp_path / "flat", labelled=False)[5]
+
+
+def test_all_bad_folder_error_from_a_loader_worker(tmp_path):
+    """A DataLoader re-raises a worker's error as type(err)(traceback text): still the same type, one line."""
+    for i in range(3):
+        (tmp_path / "allbad" / f"{i}.png").parent.mkdir(exist_ok=True)
+        (tmp_path / "allbad" / f"{i}.png").write_text("not an image")
+    ds = ImageFolderDataset(tmp_path / "allbad", labelled=False)
+    with pytest.raises(NoLoadableImageError) as info:
+        next(iter(torch.utils.data.DataLoader(ds, num_workers=1)))
+    assert str(info.value).startswith("no loadable image under") and "\n" not in str(info.value)
+    assert "all 3 image files are unreadable" in str(info.value)
+
+
+def test_drop_unreadable_for_evaluation(messy_folder, caplog):
+    ds = ImageFolderDataset(messy_folder, labelled=True)
+    subset = torch.utils.data.Subset(ds, [0, 1, 2, 3, 6])  # a.png, b_truncated, c.JPG, d_empty, f_text
+    with caplog.at_level(logging.WARNING, logger="vitmsn"):
+        kept = drop_unreadable(subset)
+    assert [ds.relative_paths[i] for i in kept.indices] == ["cat/a.png", "cat/c.JPG"]
+    assert len(ds) == 8  # the folder (and so a training set drawn from it) is left as it was
+    named = [r.getMessage() for r in caplog.records if "leaving out unreadable image" in r.getMessage()]
+    assert len(named) == 3 and {m.split("cannot load image ")[1].split(":")[0] for m in named} == {
+        str(messy_folder / b) for b in BAD}  # fmt: skip
+    assert "left out 3 unreadable image file(s)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vitmsn"):
+        assert drop_unreadable(ds) is ds
+    assert len(ds) == 5 and ds.verified and not set(ds.relative_paths) & BAD
+    assert "left out 3 unreadable image file(s)" in caplog.text
+    assert drop_unreadable(ds) is ds and len(ds) == 5  # verified: not decoded twice
+    items = [(np.zeros(2), 0)]
+    assert drop_unreadable(items) is items  # anything else is returned as is
+    (messy_folder / "cat" / "a.png").write_bytes(b"")
+    (messy_folder / "cat" / "c.JPG").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="no loadable image"):
+        drop_unreadable(torch.utils.data.Subset(ImageFolderDataset(messy_folder), [0, 1]))
 
 
 def test_load_image(messy_folder):

@@ -120,8 +120,8 @@ def test_resume_after_stop_equals_uninterrupted_run(model_dir, data_dir, tmp_pat
     # a finished run is not overwritten; settings that change the result cannot change on resume
     with pytest.raises(FileExistsError):
         finetune(str(model_dir), str(data_dir), full, **settings)
-    with pytest.raises(ValueError, match="lr"):
-        finetune(str(model_dir), str(data_dir), full, resume=True, **{**settings, "lr": 0.1})
+    with pytest.raises(ValueError, match="weight_decay"):  # (lr may change: the way out of a NaN loss)
+        finetune(str(model_dir), str(data_dir), full, resume=True, **{**settings, "weight_decay": 0.3})
     with pytest.raises(FileNotFoundError):
         finetune(str(model_dir), str(data_dir), tmp_path / "nothing", resume=True, **settings)
 
@@ -298,3 +298,83 @@ def test_cli_predict_extract_attention(finetuned, model_dir, data_dir, tmp_path,
     assert "36 images x 32 features" in capsys.readouterr().out
     assert main(["attention", "--model", str(model_dir), image, "--out", str(tmp_path / "a.png")]) == 0
     assert (tmp_path / "a.png").is_file()
+
+
+# --------------------------------------------------------------------------------------- bad input, CLI
+
+
+def _one_error_line(capsys, *needles: str) -> str:
+    """The command printed exactly one error line, holding every needle."""
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vitmsn ")]
+    assert len(err) == 1 and all(n in err[0] for n in needles), err
+    return err[0]
+
+
+def test_cli_all_unreadable_folder_is_one_line(model_dir, tmp_path, capsys):
+    for cls in ("a", "b"):
+        (tmp_path / "allbad" / cls).mkdir(parents=True)
+        for i in range(2):
+            (tmp_path / "allbad" / cls / f"{i}.png").write_text("not an image")
+    assert main(["finetune", "--model", str(model_dir), "--data", str(tmp_path / "allbad"), "--out",
+                 str(tmp_path / "ft"), "--val-fraction", "0", "--batch-size", "2", "--no-progress",
+                 "--no-tensorboard", "--device", "cpu"]) == 2  # fmt: skip
+    _one_error_line(capsys, "no loadable image under", "allbad")
+
+
+def test_extract_drops_unreadable_images_of_evaluation_sets(model_dir, tmp_path, caplog):
+    from vitmsn.data.folder import ImageFolderDataset
+    from vitmsn.eval.features import extract_features, load_backbone
+
+    folder = write_images(tmp_path / "val", per_class=2, seed=3)
+    (folder / "red" / "0_bad.png").write_text("not an image")
+    (folder / "blue" / "2_empty.png").write_bytes(b"")
+    dataset = ImageFolderDataset(folder)
+    backbone, processor = load_backbone(model_dir)
+    with caplog.at_level("WARNING", logger="vitmsn"):
+        feats, labels = extract_features(backbone, dataset, processor, progress=False)
+    # each readable image once (not 8 rows with the next image standing in for a bad one)
+    assert feats.shape[0] == 6 and labels.tolist() == [0, 0, 1, 1, 2, 2] and len(dataset.paths) == 6
+    assert "0_bad.png" in caplog.text and "2_empty.png" in caplog.text
+    assert "left out 2 unreadable image file(s)" in caplog.text
+    with pytest.raises(ValueError, match="--batch-size"):
+        extract_features(backbone, dataset, processor, batch_size=0, progress=False)
+
+
+def test_cli_extract_appends_npz(model_dir, data_dir, tmp_path, capsys):
+    old = tmp_path / "feats.npz"
+    old.write_bytes(b"the user's earlier features")
+    assert main(["extract", "--model", str(model_dir), "--data", str(data_dir / "red"), "--out",
+                 str(tmp_path / "feats.v2"), "--no-progress", "--device", "cpu"]) == 0  # fmt: skip
+    assert f"wrote {tmp_path / 'feats.v2.npz'}:" in capsys.readouterr().out
+    assert old.read_bytes() == b"the user's earlier features"
+    assert main(["extract", "--model", str(model_dir), "--data", str(data_dir), "--out", str(tmp_path / "x"),
+                 "--batch-size", "0", "--no-progress"]) == 2  # fmt: skip
+    _one_error_line(capsys, "--batch-size must be >= 1")
+
+
+def test_cli_attention_refuses_bad_out(model_dir, data_dir, tmp_path, capsys):
+    image = tmp_path / "in.png"
+    image.write_bytes((data_dir / "red" / "0.png").read_bytes())
+    before = image.read_bytes()
+    (tmp_path / "folder").mkdir()
+    for out, needle in ((image, "is the input image itself"), (tmp_path / "sub" / ".." / "in.png", "input image"),
+                        (tmp_path / "folder", "is a directory"), (tmp_path / "a.jpg", "must end in .png")):
+        assert main(["attention", "--model", str(model_dir), str(image), "--out", str(out)]) == 2
+        line = _one_error_line(capsys, needle)
+        assert ".tmp" not in line
+    assert image.read_bytes() == before and list((tmp_path / "folder").iterdir()) == []
+    assert not (tmp_path / "a.jpg").exists()
+
+
+def test_cli_predict_batch_size_and_all_bad(finetuned, data_dir, tmp_path, capsys):
+    model = str(finetuned / "best")
+    good = str(data_dir / "red" / "0.png")
+    assert main(["predict", "--model", model, good, "--batch-size", "0"]) == 2
+    _one_error_line(capsys, "--batch-size must be >= 1, got 0")
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    # --skip-bad: a partial failure is reported and succeeds; nothing readable at all is an error
+    assert main(["predict", "--model", model, good, str(bad), "--skip-bad"]) == 0
+    assert "error:" in capsys.readouterr().out
+    assert main(["predict", "--model", model, str(bad), str(tmp_path / "missing.png"), "--skip-bad"]) == 2
+    _one_error_line(capsys, "none of the 2 image(s) could be read", "bad.png", "missing.png")

@@ -74,3 +74,62 @@ def test_lowshot_errors(tmp_path):
         lowshot.evaluate((np.zeros((4, 3)), np.array([0, 0, 1, 1])), (np.zeros((2, 3)), np.array([0, 1])),
                          shots=[5], splits=1)
     assert main(["lowshot", "--model", str(tmp_path / "missing"), "--data", "fashion-mnist"]) == 2
+
+
+def _tiny_model_and_folders(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny ViT-MSN encoder, and train/ and val/ folders of two classes (4 readable images each, plus one
+    unreadable file per class in val/)."""
+    import torch
+    from PIL import Image
+
+    from vitmsn.config import ViTMSNConfig
+    from vitmsn.models.hf import ViTMSNModel
+    from vitmsn.processing import ViTImageProcessor
+
+    model = tmp_path / "model"
+    torch.manual_seed(0)
+    ViTMSNModel(ViTMSNConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             image_size=32, patch_size=8)).save_pretrained(model)  # fmt: skip
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(model)
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c, value in (("a", 40), ("b", 210)):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(4):
+                pixels = np.clip(value + rng.integers(-30, 30, (24, 24, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "data" / split / c / f"{i}.png")
+    for c in ("a", "b"):
+        (tmp_path / "data" / "val" / c / "9_bad.png").write_text("not an image")
+    return model, tmp_path / "data"
+
+
+def test_lowshot_settings_and_unreadable_test_images(tmp_path, capsys, caplog):
+    model, data = _tiny_model_and_folders(tmp_path)
+    base = ["lowshot", "--model", str(model), "--data", str(data), "--shots", "1", "--no-progress"]
+    for extra, message in ((["--splits", "0"], "--splits must be >= 1"), (["--knn", "0"], "--knn must be >= 1"),
+                           (["--batch-size", "0"], "--batch-size must be >= 1")):
+        assert main([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    # a k above the number of training images: all of them, and the table says so
+    with caplog.at_level("WARNING", logger="vitmsn"):
+        assert main([*base, "--splits", "1", "--knn", "1000", "--json"]) == 0
+    rows = next(iter(json.loads(capsys.readouterr().out).values()))
+    assert [r["label"] for r in rows] == ["1 per class", "all (8-NN)"]
+    assert "only 8 training images, so the k-NN uses k = 8" in caplog.text
+    # the val set is scored on its 8 readable images, each once (not 10, with a stand-in for each bad file)
+    assert "9_bad.png" in caplog.text and "left out 2 unreadable image file(s)" in caplog.text
+    for r in rows:
+        assert abs(r["mean"] * 8 / 100 - round(r["mean"] * 8 / 100)) < 1e-9, r
+
+
+def test_lowshot_evaluate_checks_and_clamps_k():
+    x, y = np.eye(4), np.array([0, 0, 1, 1])
+    with pytest.raises(ValueError, match="splits"):
+        lowshot.evaluate((x, y), (x, y), shots=[1], splits=0)
+    with pytest.raises(ValueError, match="knn"):
+        lowshot.evaluate((x, y), (x, y), shots=[], knn_k=0)
+    (row,) = lowshot.evaluate((x, y), (x, y), shots=[], knn_k=50)
+    assert row.label == "all (4-NN)"
+    with pytest.raises(ValueError, match="k of the k-NN"):
+        lowshot.knn(x, y, x, y, k=0)

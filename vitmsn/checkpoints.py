@@ -465,7 +465,7 @@ def _torch_dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 # what a model directory holds: the files written into one (and replaced, with overwrite=True)
 MODEL_FILES = (CONFIG, SAFE_WEIGHTS, SAFE_INDEX, PT_WEIGHTS, PT_INDEX, "preprocessor_config.json",
-               "msn_head.safetensors", "msn_pretrain.json")
+               "msn_head.safetensors", "msn_head.json", "msn_pretrain.json")
 
 
 def prepare_model_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:

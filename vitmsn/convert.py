@@ -40,6 +40,7 @@ from vitmsn.checkpoints import (
     load_pickle,
     load_state_dict_into,
     model_state_dict,
+    prepare_model_dir,
 )
 from vitmsn.config import ViTConfig, ViTMSNConfig, pair
 from vitmsn.models.heads import ProjectionHead
@@ -355,8 +356,10 @@ def convert_msn_checkpoint(
     keep_head: bool = False,
     image_size: int | None = None,
     num_attention_heads: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Convert a checkpoint of the original MSN training code into a transformers-format ViT-MSN directory.
+    """Convert a checkpoint of the original MSN training code into a transformers-format ViT-MSN directory
+    (a new or empty one; with ``overwrite``, one that holds an earlier conversion, whose files are replaced).
 
     Args:
         checkpoint_path: the ``.pth.tar`` file (a dict with ``target_encoder``, ``encoder``, ``prototypes``, ...).
@@ -403,7 +406,7 @@ def convert_msn_checkpoint(
         config = new
     model = ViTMSNModel(config)
     load_state_dict_into(model, backbone, source=source)
-    out = Path(out_dir)
+    out = prepare_model_dir(out_dir, overwrite)
     model.eval().save_pretrained(out)
     msn_preprocessor(config.image_size).save_pretrained(out)
     if head is not None:
@@ -656,6 +659,43 @@ def _export_torchscript(
         )
 
 
+#: The lowest opset a ViT exports to: attention is ``scaled_dot_product_attention``, which both exporters
+#: write from opset 14 on (below, the TorchScript exporter fails on it or on ``expand``).
+MIN_ONNX_OPSET = 14
+
+
+def onnx_opset_range(exporter: str = "auto") -> tuple[int, int]:
+    """The opsets (lowest, highest) ``exporter`` can write for a ViT with the installed torch / onnxscript."""
+    from torch.onnx import _constants
+
+    torchscript_max = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
+    if exporter == "torchscript" or (exporter == "auto" and not _dynamo_available()):
+        return MIN_ONNX_OPSET, torchscript_max
+    # the dynamo exporter writes opset 18 and converts it with onnxscript's version converter, whose range
+    # ends before onnx's newest opset (asking for more silently writes 18)
+    try:
+        from onnxscript.version_converter import _version_converter as vc
+
+        dynamo_max = int(vc.SUPPORTED_MAX_ONNX_OPSET)
+    except (ImportError, AttributeError):
+        dynamo_max = getattr(_constants, "ONNX_MAX_OPSET", 18)
+    if exporter == "dynamo":
+        return 17, dynamo_max
+    return MIN_ONNX_OPSET, max(dynamo_max, torchscript_max)  # auto: TorchScript below 17, dynamo from 17
+
+
+def _check_onnx_options(config: ViTConfig, opset: int, image_size: int | tuple[int, int] | None,
+                        exporter: str) -> None:
+    """Refuse an opset the exporter cannot write and an image size the patches do not tile, before exporting
+    (a failed export would leave a traceback and may have replaced the output file)."""
+    lo, hi = onnx_opset_range(exporter)
+    if not lo <= opset <= hi:
+        raise ValueError(f"opset {opset} is not one the {exporter} ONNX exporter writes for a ViT: choose "
+                         f"{lo} to {hi}")
+    if image_size is not None and pair(image_size) != pair(config.image_size):
+        config.copy(image_size=image_size).validate()  # as convert msn --image-size: a multiple of the patch
+
+
 def export_onnx(
     model_dir_or_model: str | os.PathLike | nn.Module,
     out_path: str | os.PathLike,
@@ -694,6 +734,7 @@ def export_onnx(
         else _load_model_dir(model_dir_or_model)
     )
     config: ViTConfig = model.config
+    _check_onnx_options(config, opset, image_size, exporter)
     size = pair(config.image_size if image_size is None else image_size)
     interpolate = size != pair(config.image_size)
     names = _output_names(model)
@@ -753,6 +794,7 @@ def cmd_convert_msn(args: Any) -> None:
         keep_head=args.keep_head,
         image_size=args.image_size,
         num_attention_heads=args.num_heads,
+        overwrite=args.overwrite,
     )
     print(f"wrote {out} (load it with ViTMSNModel.from_pretrained({str(out)!r}))")
 
@@ -799,6 +841,8 @@ def register(add: Any) -> None:
     msn.add_argument(
         "--num-heads", type=int, help="attention heads, for a hidden size that is not a known ViT's"
     )
+    msn.add_argument("--overwrite", action="store_true",
+                     help="replace the model in OUT_DIR (by default OUT_DIR must be new or empty)")
 
     sp = add("export-onnx", cmd_export_onnx, "export a model to ONNX (dynamic batch, fixed image size)")
     sp.add_argument("--model", required=True, help="model directory or Hub id")

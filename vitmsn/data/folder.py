@@ -3,7 +3,8 @@
 * :class:`ImageFolderDataset` scans a directory tree for images.  In labelled mode the
   first-level sub-folder is the class (``root/<class>/.../<image>``); in unlabelled mode every
   image gets label ``-1``.  Bad files (truncated, empty, not an image) are skipped at load time
-  and replaced by the next good image, or dropped up front with :meth:`ImageFolderDataset.scan`.
+  and replaced by the next good image, or dropped up front with :meth:`ImageFolderDataset.scan`
+  (:func:`drop_unreadable` does so for evaluation sets, where a replacement would count an image twice).
 * :func:`read_subset_file` reads the paper's split files (one image per line, e.g.
   ``n01440764_10026.JPEG``) into dataset indices; :func:`write_subset_file` writes one.
 * :func:`balanced_subset` (k images per class) and :func:`percent_subset` (stratified percentage)
@@ -28,7 +29,9 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageFolderDataset",
     "ImageLoadError",
+    "NoLoadableImageError",
     "balanced_subset",
+    "drop_unreadable",
     "is_image_file",
     "load_image",
     "percent_subset",
@@ -49,13 +52,39 @@ def _readable_extensions() -> frozenset[str]:
 IMAGE_EXTENSIONS: frozenset[str] = _readable_extensions()
 
 
+def _last_line(message: str) -> str:
+    """The original ``module.Error: message`` line of a DataLoader worker's re-raised traceback text."""
+    line = message.strip().splitlines()[-1] if message.strip() else message
+    head, sep, rest = line.partition(": ")
+    return rest if sep and "Error" in head and " " not in head else line
+
+
 class ImageLoadError(ValueError):
     """An image file could not be read or decoded.  ``path`` and ``reason`` are attributes."""
 
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], reason: str | None = None) -> None:
+        if reason is None:
+            # A DataLoader re-raises a worker's error as ``type(err)(traceback_text)``: keep its last line, so
+            # that the command line still prints one line (and not a RuntimeError) when a worker failed.
+            message = _last_line(str(path))
+            self.path, self.reason = "", message
+            super().__init__(message)
+            return
         self.path = str(path)
         self.reason = reason
         super().__init__(f"cannot load image {self.path}: {reason}")
+
+
+class NoLoadableImageError(ImageLoadError):
+    """Every image file of a folder failed to load; ``path`` is the folder."""
+
+    def __init__(self, root: str | os.PathLike[str], num_files: int | None = None) -> None:
+        if num_files is None:  # re-raised from a DataLoader worker, see ImageLoadError
+            super().__init__(root)
+            return
+        super().__init__(root, f"all {num_files} image files are unreadable")
+        self.args = (f"no loadable image under {self.path}: all {num_files} image files are unreadable "
+                     "(the warnings above name each)",)
 
 
 def is_image_file(path: str | os.PathLike[str]) -> bool:
@@ -163,6 +192,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             )
         self._bad: set[int] = set()
         self._skipped: Counter[str] = Counter()
+        self._verified = False  # every remaining file decoded by scan(verify=True)
         if verify:
             self.scan(verify=True)
 
@@ -189,8 +219,16 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     @property
     def num_skipped(self) -> int:
-        """Total number of skips (replacements) so far."""
-        return sum(self._skipped.values())
+        """Number of distinct unreadable files met so far (:attr:`skipped` counts their replacements).
+
+        Files, not replacements: a bad file met every epoch is still one unreadable image to the user.
+        """
+        return len(self._skipped)
+
+    @property
+    def verified(self) -> bool:
+        """True after :meth:`scan` decoded every file (so every remaining sample is readable)."""
+        return self._verified
 
     # ------------------------------------------------------------------ methods
     def scan(self, verify: bool = True, progress: bool = True) -> int:
@@ -220,12 +258,22 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 except ImageLoadError as err:
                     logger.warning("skipping bad image: %s", err)
                     bad.add(i)
+        self.drop(bad)
+        self._verified = self._verified or verify
+        return len(bad)
+
+    def drop(self, indices: Iterable[int]) -> None:
+        """Leave out the samples at these positions (``paths``, ``targets`` and indices close up).
+
+        Raises:
+            FileNotFoundError: no sample is left.
+        """
+        bad = set(indices)
         if bad:
             self.samples = [s for i, s in enumerate(self.samples) if i not in bad]
         self._bad = set()
         if not self.samples:
             raise FileNotFoundError(f"no loadable image under {self.root}: all {len(bad)} files are bad")
-        return len(bad)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -251,7 +299,47 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             if self.transform is not None:
                 img = self.transform(img)
             return img, label
-        raise RuntimeError(f"no loadable image under {self.root}: all {n} files failed")
+        raise NoLoadableImageError(self.root, n)
+
+
+def _unreadable(path: str, mode: str) -> bool:
+    try:
+        load_image(path, mode)
+    except ImageLoadError as err:
+        logger.warning("leaving out unreadable image: %s", err)
+        return True
+    return False
+
+
+def drop_unreadable(dataset: Any, progress: bool = False) -> Any:
+    """An evaluation set without its unreadable files, decoded up front (one warning per file).
+
+    Evaluation must score each readable image once: the replace-with-the-next-image fallback of
+    :class:`ImageFolderDataset` would score that next image twice.  Handles an
+    :class:`ImageFolderDataset` (scanned in place, returned) and a ``torch.utils.data.Subset`` of one
+    (a new Subset of its readable indices); anything else (e.g. Fashion-MNIST) is returned as is.
+
+    Raises:
+        FileNotFoundError: no readable image is left.
+    """
+    if isinstance(dataset, ImageFolderDataset):
+        if not dataset.verified:
+            dropped = dataset.scan(verify=True, progress=progress)
+            if dropped:
+                logger.warning("%s: left out %d unreadable image file(s)", dataset.root, dropped)
+        return dataset
+    base = getattr(dataset, "dataset", None)
+    if isinstance(dataset, torch.utils.data.Subset) and isinstance(base, ImageFolderDataset):
+        if base.verified:
+            return dataset
+        keep = [i for i in dataset.indices if not _unreadable(base.samples[i][0], base.mode)]
+        dropped = len(dataset.indices) - len(keep)
+        if dropped:
+            logger.warning("%s: left out %d unreadable image file(s)", base.root, dropped)
+        if not keep:
+            raise FileNotFoundError(f"no loadable image under {base.root}: all {dropped} files of the subset are bad")
+        return torch.utils.data.Subset(base, keep)
+    return dataset
 
 
 # ---------------------------------------------------------------------- subset files

@@ -111,7 +111,7 @@ def load_labelled_data(
       each class (at least one image) is held out; ``val_fraction=0`` trains on everything without validation;
     - ``val_data``: an explicit validation folder (same class sub-folders) for any folder ``data``.
     """
-    from vitmsn.data.folder import ImageFolderDataset, percent_subset
+    from vitmsn.data.folder import ImageFolderDataset, drop_unreadable, percent_subset
     from vitmsn.eval.quickstart import labelled_splits
 
     if str(data) == "fashion-mnist":
@@ -127,14 +127,14 @@ def load_labelled_data(
     has_val = any((base / n).is_dir() for n in ("val", "test"))
     if val_data is None and (base / "train").is_dir() and has_val:
         train, val, classes = labelled_splits(str(base))
-        return LabelledData(train, val, classes)
+        return LabelledData(train, drop_unreadable(val), classes)  # evaluation: each readable image once
     full = ImageFolderDataset(base / "train" if (base / "train").is_dir() else base, labelled=True)
     classes = list(full.classes)
     if val_data is not None:
         val = ImageFolderDataset(val_data, labelled=True)
         if list(val.classes) != classes:
             raise ValueError(f"{val_data} has other classes than {data}: {val.classes} vs {classes}")
-        return LabelledData(full, val, classes)
+        return LabelledData(full, drop_unreadable(val), classes)
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if val_fraction == 0:
@@ -148,7 +148,8 @@ def load_labelled_data(
             f"classes {[classes[i] for i in missing]} have too few images to hold some out for validation; "
             "add images, pass a val folder, or val_fraction=0"
         )
-    return LabelledData(Subset(full, train_idx.tolist()), Subset(full, val_idx.tolist()), classes)
+    val = drop_unreadable(Subset(full, val_idx.tolist()))  # evaluation: each readable image once
+    return LabelledData(Subset(full, train_idx.tolist()), val, classes)
 
 
 class _Rescale:

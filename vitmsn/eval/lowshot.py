@@ -11,6 +11,7 @@ mean and standard deviation over splits.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -20,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 LAMBDA = 0.00025
+
+logger = logging.getLogger("vitmsn")
 
 
 def preprocess(features: np.ndarray) -> np.ndarray:
@@ -47,9 +50,13 @@ def logistic_regression(train_x: np.ndarray, train_y: np.ndarray, test_x: np.nda
 
 def knn(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *, k: int = 20,
         temperature: float = 0.07, batch: int = 2048) -> float:
-    """Top-1 accuracy (%) of a cosine k-NN, votes weighted by exp(similarity / temperature) (as DINO)."""
+    """Top-1 accuracy (%) of a cosine k-NN, votes weighted by exp(similarity / temperature) (as DINO).
+
+    A ``k`` above the number of training images uses them all (see :func:`knn_neighbours`)."""
     import torch
 
+    if k < 1:
+        raise ValueError(f"k of the k-NN must be >= 1, got {k}")
     tr = torch.nn.functional.normalize(torch.as_tensor(train_x, dtype=torch.float32), dim=1)
     te = torch.nn.functional.normalize(torch.as_tensor(test_x, dtype=torch.float32), dim=1)
     ytr = torch.as_tensor(train_y)
@@ -95,11 +102,35 @@ def percent_indices(labels: np.ndarray, percent: float, seed: int) -> np.ndarray
     return percent_subset(labels, percent, seed)
 
 
+def check_settings(*, splits: int = 3, knn_k: int | None = None, batch_size: int = 1) -> None:
+    """Refuse settings that would give no number (``splits`` 0 averages nothing: nan) or silently skip a row
+    (``knn_k`` 0); the messages name the ``vitmsn lowshot`` options. Cheap: call it before extracting features."""
+    if splits < 1:
+        raise ValueError(f"--splits must be >= 1 (labelled splits per row), got {splits}")
+    if knn_k is not None and knn_k < 1:
+        raise ValueError(f"--knn must be >= 1 (neighbours of the k-NN), got {knn_k}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+
+
+def knn_neighbours(knn_k: int, num_train: int) -> int:
+    """The k a k-NN over ``num_train`` images can use: ``knn_k``, or all of them when there are fewer (with a
+    warning), so that the table reports the k actually used."""
+    if knn_k > num_train:
+        logger.warning("--knn %d: only %d training images, so the k-NN uses k = %d", knn_k, num_train, num_train)
+    return min(knn_k, num_train)
+
+
 def evaluate(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], *,
              shots: Sequence[int] = (1, 2, 5, 10), splits: int = 3, percent: Sequence[float] = (),
              subsets: Sequence[tuple[str, np.ndarray]] = (), lambd: float = LAMBDA, seed: int = 0,
              full: bool = False, knn_k: int | None = None) -> list[LowShotRow]:
-    """Low-shot accuracies for every requested labelled-set size, over ``splits`` seeded splits."""
+    """Low-shot accuracies for every requested labelled-set size, over ``splits`` seeded splits.
+
+    ``knn_k`` (None: no k-NN row) above the number of training images is lowered to it; the row's label
+    gives the k used (``all (8-NN)``).
+    """
+    check_settings(splits=splits, knn_k=knn_k)
     (train_x, train_y), (test_x, test_y) = train, test
     rows: list[LowShotRow] = []
     for k in shots:
@@ -122,9 +153,10 @@ def evaluate(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.nd
     if full:
         rows.append(LowShotRow("all (linear probe)", len(train_y) / num_classes,
                                [logistic_regression(train_x, train_y, test_x, test_y, lambd=lambd)]))
-    if knn_k:
-        rows.append(LowShotRow(f"all ({knn_k}-NN)", len(train_y) / num_classes,
-                               [knn(train_x, train_y, test_x, test_y, k=knn_k)]))
+    if knn_k is not None:
+        k = knn_neighbours(knn_k, len(train_y))
+        rows.append(LowShotRow(f"all ({k}-NN)", len(train_y) / num_classes,
+                               [knn(train_x, train_y, test_x, test_y, k=k)]))
     return rows
 
 

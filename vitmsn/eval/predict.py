@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vitmsn.distributed import resolve_device
-from vitmsn.eval.features import POOLINGS, extract_features, load_backbone, save_features
+from vitmsn.eval.features import POOLINGS, extract_features, features_path, load_backbone, save_features
 
 logger = logging.getLogger("vitmsn")
 
@@ -119,7 +119,8 @@ def predict(
         model: a classifier directory / Hub id, or a loaded classifier (then also pass ``processor``).
         images: image file paths.
         top_k: labels per image (at most the number of classes).
-        skip_bad: a file that cannot be read gives ``{"path": ..., "error": "..."}`` instead of raising.
+        skip_bad: a file that cannot be read gives ``{"path": ..., "error": "..."}`` instead of raising; if
+            no file at all can be read, ``ImageLoadError`` is raised all the same (there is nothing to report).
 
     Returns:
         One dict per image, in order: ``{"path": str, "predictions": [{"label": str, "index": int,
@@ -127,11 +128,13 @@ def predict(
 
     Raises:
         ImageLoadError: (a ValueError) a file is missing, empty or not a decodable image; the message names it.
+            With ``skip_bad``: no file could be read.
     """
     from vitmsn.data.folder import ImageLoadError, load_image
 
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    _check_batch_size(batch_size)
     net, proc = _as_classifier(model, processor, device)
     dev = next(net.parameters()).device
     id2label = net.config.id2label
@@ -164,7 +167,24 @@ def predict(
                     for p, j in zip(top_p[row].tolist(), top_i[row].tolist(), strict=True)
                 ]
         results.extend(entries)
+    _check_some_readable(results)
     return results
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+
+
+def _check_some_readable(results: list[dict[str, Any]]) -> None:
+    """With skip_bad, a run where every image failed must not look like a success (exit status 0)."""
+    from vitmsn.data.folder import ImageLoadError
+
+    failed = [r for r in results if "error" in r]
+    if results and len(failed) == len(results):
+        first = "; ".join(f"{r['path']} ({r['error']})" for r in failed[:3])
+        more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
+        raise ImageLoadError(f"none of the {len(failed)} image(s) could be read: {first}{more}")
 
 
 # --------------------------------------------------------------------------------------------- extract
@@ -172,19 +192,15 @@ def predict(
 
 def labelled_or_unlabelled_folder(folder: str | os.PathLike) -> Any:
     """An :class:`~vitmsn.data.folder.ImageFolderDataset`: labelled by class sub-folder when the images are in
-    sub-folders, else unlabelled (label -1). Bad files are dropped up front, so that ``.paths`` stays aligned
-    with the items."""
+    sub-folders, else unlabelled (label -1). (:func:`extract_features` leaves its unreadable files out, in
+    place, so that ``.paths`` stays aligned with the rows.)"""
     from vitmsn.data.folder import ImageFolderDataset
 
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"{folder} is neither 'fashion-mnist' nor a directory")
     has_subfolders = any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
-    dataset = ImageFolderDataset(root, labelled=has_subfolders)
-    dropped = dataset.scan(verify=True, progress=False)
-    if dropped:
-        logger.warning("%s: left out %d unreadable image(s)", folder, dropped)
-    return dataset
+    return ImageFolderDataset(root, labelled=has_subfolders)
 
 
 def extract(
@@ -216,6 +232,8 @@ def extract(
     """
     if pool not in POOLINGS:
         raise ValueError(f"pool must be one of {POOLINGS}, got {pool!r}")
+    _check_batch_size(batch_size)
+    features_path(out)  # a bad --out fails now, not after the features are computed
     if str(data) == "fashion-mnist":
         from vitmsn.data.fashion_mnist import CLASSES, FashionMNIST
 
@@ -227,7 +245,7 @@ def extract(
         classes: list[str] | None = list(CLASSES)
     else:
         dataset = labelled_or_unlabelled_folder(Path(data) / split if split else data)
-        paths, classes = dataset.paths, (list(dataset.classes) or None)
+        paths, classes = None, (list(dataset.classes) or None)
     dev = resolve_device(device)
     backbone, processor = load_backbone(model, device=dev)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
@@ -235,6 +253,7 @@ def extract(
             backbone, dataset, processor, pool=pool, batch_size=batch_size, num_workers=num_workers,
             device=dev, progress=progress, desc="extract",
         )  # fmt: skip
+    paths = paths or dataset.paths  # read after the extraction, which leaves out unreadable files
     return save_features(out, feats, labels, paths=paths, classes=classes)
 
 
@@ -283,6 +302,7 @@ def attention_map(
     from vitmsn.checkpoints import atomic_write
     from vitmsn.data.folder import load_image
 
+    out_png = _check_png_out(image, out_png)
     backbone, processor = load_backbone(model, device=resolve_device(device))
     picture = load_image(image)
     pixels = processor(picture, return_tensors="pt")["pixel_values"].to(
@@ -313,5 +333,19 @@ def attention_map(
     num_layers = len(backbone.blocks)
     fig.suptitle(f"CLS attention to patches, layer {layer % num_layers + 1} of {num_layers}", fontsize=10)
     fig.tight_layout()
-    out_png = Path(out_png)
     return atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def _check_png_out(image: str | os.PathLike, out_png: str | os.PathLike) -> Path:
+    """Refuse, before any work, an output that would replace the input image, is a directory, or is not named
+    .png (the figure is always a PNG; a .jpg holding PNG bytes would mislead every viewer)."""
+    out = Path(out_png)
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a directory: give the PNG file to write")
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out {out}: the attention map is a PNG image, so the file name must end in .png")
+    # by name ("d/../x.png" with no d yet: the write would create d, then replace x.png) or by file (links)
+    same = os.path.abspath(out) == os.path.abspath(image)
+    if same or (out.exists() and Path(image).exists() and os.path.samefile(out, image)):
+        raise ValueError(f"--out {out} is the input image itself: it would be overwritten; choose another file")
+    return out

@@ -86,6 +86,7 @@ def run_lowshot(model: str, data: str, *, shots: list[int], splits: int, percent
     """Frozen features of ``model`` on ``data``, then the low-shot table; optional JSON and PNG."""
     from vitmsn.eval.features import extract_features, load_backbone
 
+    lowshot.check_settings(splits=splits, knn_k=knn_k, batch_size=batch_size)  # before minutes of features
     train, test, classes = labelled_splits(data, root=data_root)
     train, test = _first(train, max_train), _first(test, max_test)
     backbone, processor = load_backbone(model, device=resolve_device(device))
@@ -242,7 +243,8 @@ def register(add) -> None:
     sp.add_argument("--pool", choices=("cls", "cls_prenorm"), default="cls",
                     help="CLS after the final LayerNorm (default, as transformers) or before it (as the "
                          "original MSN evaluation)")
-    sp.add_argument("--knn", type=int, metavar="K", help="also a cosine K-NN on all training labels (e.g. 20)")
+    sp.add_argument("--knn", type=int, metavar="K", help="also a cosine K-NN on all training labels (e.g. 20; a K above the number of training "
+                         "images uses them all, and the table shows the K used)")
     sp.add_argument("--linear-probe", action="store_true", help="also logistic regression on all training labels")
     sp.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     sp.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
