@@ -509,3 +509,18 @@ def test_percent_subset():
     for bad in (0, -1, 101):
         with pytest.raises(ValueError, match="percent"):
             percent_subset(labels, bad, seed=0)
+
+
+def test_failed_download_leaves_no_folders(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    import vitmsn.data.fashion_mnist as fashion
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(urllib.error.URLError):
+        fashion._download("train-images-idx3-ubyte", tmp_path / "a" / "b", 0x803)
+    assert list(tmp_path.iterdir()) == []

@@ -168,6 +168,7 @@ def _find_split(directory: Path, split: str, tried: list[Path]) -> tuple[Path, P
 
 def _download(name: str, target_dir: Path, magic: int, url_base: str = URL_BASE) -> Path:
     """Download ``name.gz`` into ``target_dir`` atomically (temp file + rename), checking the IDX magic."""
+    made = [d for d in (target_dir, *target_dir.parents) if not d.exists()]  # folders to remove if it fails
     target_dir.mkdir(parents=True, exist_ok=True)
     fname = f"{name}.gz"
     dest = target_dir / fname
@@ -188,8 +189,12 @@ def _download(name: str, target_dir: Path, magic: int, url_base: str = URL_BASE)
         if md5.hexdigest() != _MD5.get(fname, md5.hexdigest()):
             logger.warning("%s: MD5 %s differs from the README's %s", url, md5.hexdigest(), _MD5[fname])
         os.replace(tmp, dest)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        for d in made:  # innermost first: a failed download leaves no empty folders behind
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        raise
     return dest
 
 
