@@ -45,6 +45,11 @@ def test_quickstart_smoke(tmp_path, capsys):
     assert results["raw pixels"][-1]["mean"] > 90
     # a second call reuses the finished run instead of starting over
     assert main(["quickstart", "--smoke", "--data", str(data), "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    # without --smoke the settings differ: one line that says what to do
+    assert main(["quickstart", "--data", str(data), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "with or without --smoke" in err and err.count("\n") == 1
 
 
 def test_logistic_regression_known_answer():

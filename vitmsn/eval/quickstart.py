@@ -135,7 +135,13 @@ def quickstart(*, data: str | None = None, out: str = "runs/quickstart", smoke: 
     if latest.exists():
         done = load_checkpoint(latest)["step"]
         logger.info("found a run in %s at step %d; continuing it (delete the folder to start over)", cfg.out, done)
-        pretrain(cfg, resume=True, device=device, progress=progress)
+        try:
+            pretrain(cfg, resume=True, device=device, progress=progress)
+        except ValueError as e:
+            if "settings differ" not in str(e):
+                raise
+            raise ValueError(f"{out} holds a quickstart run made with other settings (with or without --smoke, or "
+                             f"other --set): choose another --out, or delete it to start over ({e})") from None
     else:
         pretrain(cfg, device=device, progress=progress)
     pretrain_s = time.perf_counter() - t0
