@@ -378,3 +378,14 @@ def test_cli_predict_batch_size_and_all_bad(finetuned, data_dir, tmp_path, capsy
     assert "error:" in capsys.readouterr().out
     assert main(["predict", "--model", model, str(bad), str(tmp_path / "missing.png"), "--skip-bad"]) == 2
     _one_error_line(capsys, "none of the 2 image(s) could be read", "bad.png", "missing.png")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["finetune", "--model", "m", "--data", "d", "--out", "o", "--crop-scale", "0.9,0.1"], "0 < LO <= HI <= 1"),
+    (["finetune", "--model", "m", "--data", "d", "--out", "o", "--crop-scale", "a"], "expected LO,HI"),
+    (["lowshot", "--model", "m", "--data", "d", "--shots", "1,a"], "whole numbers separated by commas"),
+])
+def test_cli_list_options_name_what_they_expect(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err

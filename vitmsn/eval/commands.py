@@ -130,7 +130,12 @@ def cmd_attention(args: argparse.Namespace) -> None:
 
 
 def _crop_scale(s: str) -> tuple[float, float]:
-    lo, hi = (float(x) for x in s.split(","))
+    try:
+        lo, hi = (float(x) for x in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers, e.g. 0.08,1), got {s!r}") from None
+    if not 0 < lo <= hi <= 1:
+        raise argparse.ArgumentTypeError(f"expected 0 < LO <= HI <= 1, got {s!r}")
     return lo, hi
 
 

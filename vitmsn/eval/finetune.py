@@ -420,6 +420,10 @@ def finetune(
             raise ValueError(f"{name} must be >= 1, got {value}")
     if not 0 <= label_smoothing < 1:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+        raise ValueError(f"crop_scale must be (lo, hi) with 0 < lo <= hi <= 1, got {tuple(crop_scale)}")
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
     out = Path(out)
     settings = {
         "model": str(model), "data": str(data), "epochs": epochs, "batch_size": batch_size, "lr": lr,
