@@ -309,10 +309,11 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: ViTC
         else:
             config.problem_type = "multi_label_classification"
     labels = labels.to(logits.device)
-    if config.problem_type == "regression":
+    if config.problem_type == "regression":  # float labels keep their precision (float64 -> a float64 loss)
+        dtype = torch.promote_types(logits.dtype, labels.dtype) if labels.is_floating_point() else logits.dtype
         if n == 1:
-            return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
-        return F.mse_loss(logits, labels.to(logits.dtype))
+            return F.mse_loss(logits.squeeze().to(dtype), labels.squeeze().to(dtype))
+        return F.mse_loss(logits.to(dtype), labels.to(dtype))
     if config.problem_type == "single_label_classification":
         return F.cross_entropy(logits.view(-1, n), labels.view(-1))
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
