@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -276,6 +281,152 @@ def test_torch_backend_is_close(photos):
     assert np.abs(ours_fast - tv).max() <= 1e-5
 
 
+def as_numpy(x) -> np.ndarray:
+    """pixel_values (array, tensor, or list of either) as one numpy array; lists stacked without promotion."""
+    if isinstance(x, list):
+        return np.stack([as_numpy(v) for v in x])
+    return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def dtype_name(x) -> str:
+    return str((x[0] if isinstance(x, list) else x).dtype).removeprefix("torch.")
+
+
+def torchvision_ref(images, cfg=None, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return transformers.ViTImageProcessor(**(cfg or {}))(images, **kwargs)["pixel_values"]
+
+
+@pytest.mark.parametrize("backend", ["pil", "torch"])
+def test_data_format(photos, backend):
+    """data_format="channels_last" (or ChannelDimension.LAST) gives contiguous (B, H, W, C) pixel_values, for
+    every return_tensors, with transformers' numbers. transformers 5 accepts data_format but always returns
+    channels first; transformers 4's ViTImageProcessor (PIL) returns the layout asked for (checked against it in
+    test_transformers4_data_format_and_dtypes)."""
+    from transformers.image_utils import ChannelDimension
+
+    imgs = [photos["coffee"], PIL.Image.fromarray(photos["chelsea"])]
+    proc = ViTImageProcessor(**MSN, backend=backend)
+    if backend == "pil":
+        expected = ref(imgs, MSN)
+    else:
+        pytest.importorskip("torchvision")
+        expected = torchvision_ref(imgs, MSN, return_tensors="np")
+    tol = 0 if backend == "pil" else 1e-5
+    for data_format in ("channels_last", ChannelDimension.LAST, "channels_first", ChannelDimension.FIRST, None):
+        last = data_format in ("channels_last", ChannelDimension.LAST)
+        want = np.ascontiguousarray(expected.transpose(0, 2, 3, 1)) if last else expected
+        for return_tensors in (None, "np", "pt"):
+            got = proc(imgs, return_tensors=return_tensors, data_format=data_format)["pixel_values"]
+            kind = {None: list, "np": np.ndarray, "pt": torch.Tensor}[return_tensors]
+            assert isinstance(got, kind), (data_format, return_tensors)
+            parts = got if isinstance(got, list) else [got]
+            assert all(p.dtype in (np.float32, torch.float32) for p in parts)
+            assert all(p.flags["C_CONTIGUOUS"] if isinstance(p, np.ndarray) else p.is_contiguous() for p in parts)
+            assert as_numpy(got).shape == want.shape, (data_format, return_tensors)
+            assert np.abs(as_numpy(got) - want).max() <= tol, (data_format, return_tensors)
+    with pytest.raises(ValueError, match="data_format must be 'channels_first' or 'channels_last'"):
+        proc(imgs, data_format="hwc_please")
+
+
+DTYPE_INPUTS = {
+    "uint8 hwc": lambda a: a,
+    "PIL RGB": PIL.Image.fromarray,
+    "PIL L": lambda a: PIL.Image.fromarray(a[..., 0]),
+    "torch uint8 chw": lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))),
+    "int64 hwc": lambda a: a.astype(np.int64),
+    "float32 0..255": lambda a: a.astype(np.float32),
+    "float64 0..1": lambda a: a / 255,
+    "torch float16 0..1": lambda a: torch.from_numpy(a / 255).half(),
+    "mixed uint8 + float32 0..1": lambda a: [a, (a[::-1] / 255).astype(np.float32)],
+}
+
+
+@pytest.mark.parametrize("backend", ["pil", "torch"])
+def test_dtype_of_every_flag_combination(photos, backend):
+    """do_resize / do_rescale / do_normalize in all combinations: the dtype, shape and numbers transformers
+    gives (e.g. uint8 with do_rescale=do_normalize=False, float64 for float64 input with only do_normalize)."""
+    if backend == "torch":
+        pytest.importorskip("torchvision")
+    img = np.ascontiguousarray(photos["coffee"][::12, ::12])  # 34 x 50
+    for (do_resize, do_rescale, do_normalize), (name, make) in itertools.product(
+        itertools.product([False, True], repeat=3), DTYPE_INPUTS.items()
+    ):
+        cfg = {"do_resize": do_resize, "do_rescale": do_rescale, "do_normalize": do_normalize, "size": 24}
+        image = make(img)
+        extra = {"do_convert_rgb": True} if name == "PIL L" else {}  # transformers only converts when asked
+        proc = ViTImageProcessor(**cfg, backend=backend)
+        # the torch backend's integer resize may differ by one uint8 level from torchvision's
+        level = (1 / 255 if do_rescale else 1.0) / (0.5 if do_normalize else 1.0)
+        tol = 0.0 if backend == "pil" else (1.001 if name == "int64 hwc" and do_resize else 1e-3) * level
+        for return_tensors in (None, "np", "pt"):
+            what = f"{name}, {cfg}, return_tensors={return_tensors}"
+            if backend == "pil":
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    expected = RefProcessor(**cfg)(image, return_tensors=return_tensors, **extra)["pixel_values"]
+            else:
+                expected = torchvision_ref(image, cfg, return_tensors=return_tensors, **extra)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                got = proc(image, return_tensors=return_tensors)["pixel_values"]
+            assert dtype_name(got) == dtype_name(expected), what
+            if return_tensors is None:
+                assert isinstance(got, list) and all(isinstance(v, np.ndarray) for v in got), what
+            else:
+                assert type(got) is type(expected), what
+            a, b = as_numpy(got).astype(np.float64), as_numpy(expected).astype(np.float64)
+            assert a.shape == b.shape, what
+            assert np.abs(a - b).max() <= tol, what
+
+
+TF4 = Path(os.environ.get("VITMSN_TRANSFORMERS4", Path(__file__).resolve().parents[1] / "build" / "transformers4"))
+TF4_SCRIPT = """
+import sys, warnings
+import numpy as np, PIL.Image
+warnings.simplefilter("ignore")
+from transformers import ViTImageProcessor
+img = np.load(sys.argv[1])
+out = {}
+for name, image in (("array", img), ("pil", PIL.Image.fromarray(img))):
+    for fmt in ("channels_last", "channels_first"):
+        out[f"{name} {fmt} np"] = ViTImageProcessor(size=24)(image, return_tensors="np", data_format=fmt).pixel_values
+        listed = ViTImageProcessor(size=24)(image, data_format=fmt).pixel_values
+        out[f"{name} {fmt} list"] = listed[0]
+    for flags in range(8):
+        kw = dict(do_resize=bool(flags & 4), do_rescale=bool(flags & 2), do_normalize=bool(flags & 1), size=24)
+        out[f"{name} flags {flags}"] = ViTImageProcessor(**kw)(image, return_tensors="np").pixel_values
+np.savez(sys.argv[2], **out)
+"""
+
+
+def test_transformers4_data_format_and_dtypes(photos, tmp_path):
+    """transformers 4.x's ViTImageProcessor (the PIL one, which honours data_format): same layout, dtype and
+    bits. transformers 4.x cannot share this environment; it runs in a subprocess when installed."""
+    if not (TF4 / "transformers").is_dir():
+        pytest.skip(f"transformers 4.x not installed at {TF4} (see tests/test_transformers4.py)")
+    img = np.ascontiguousarray(photos["chelsea"][::10, ::10])
+    np.save(tmp_path / "img.npy", img)
+    env = {**os.environ, "PYTHONPATH": str(TF4), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    r = subprocess.run([sys.executable, "-c", TF4_SCRIPT, str(tmp_path / "img.npy"), str(tmp_path / "out.npz")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    expected = np.load(tmp_path / "out.npz")
+    for name, image in (("array", img), ("pil", PIL.Image.fromarray(img))):
+        for fmt in ("channels_last", "channels_first"):
+            got = ViTImageProcessor(size=24)(image, return_tensors="np", data_format=fmt).pixel_values
+            want = expected[f"{name} {fmt} np"]
+            assert got.shape == want.shape and got.dtype == want.dtype and np.array_equal(got, want), (name, fmt)
+            got = ViTImageProcessor(size=24)(image, data_format=fmt).pixel_values[0]
+            assert np.array_equal(got, expected[f"{name} {fmt} list"]), (name, fmt)
+        for flags in range(8):
+            kw = dict(do_resize=bool(flags & 4), do_rescale=bool(flags & 2), do_normalize=bool(flags & 1), size=24)
+            got = ViTImageProcessor(**kw)(image, return_tensors="np").pixel_values
+            want = expected[f"{name} flags {flags}"]
+            assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want), (name, kw)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Serialization
 # ---------------------------------------------------------------------------------------------------------
@@ -344,6 +495,62 @@ def test_msn_style_config_with_int_size(tmp_path, photos):
         theirs = transformers.AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
         expected = theirs(photos["astronaut"], return_tensors="np").pixel_values
     assert_same(proc(photos["astronaut"], return_tensors="np").pixel_values, expected)
+
+
+LOADER_KWARGS = {
+    "trust_remote_code": True,
+    "force_download": False,
+    "proxies": None,
+    "revision": None,
+    "cache_dir": None,
+    "token": None,
+    "local_files_only": False,
+    "resume_download": None,
+    "_from_auto": True,
+}
+
+
+def test_loader_kwargs_are_not_settings(tmp_path, photos):
+    """from_pretrained's loader arguments (as transformers takes them) are not kept as attributes nor saved;
+    subfolder finds the file in a folder of the directory, as in transformers."""
+    cfg = {**MSN, "size": 96, "resample": 3}
+    RefProcessor(**cfg).save_pretrained(tmp_path / "repo" / "sub")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = transformers.AutoImageProcessor.from_pretrained(
+            tmp_path / "repo", backend="pil", subfolder="sub", **LOADER_KWARGS
+        )
+    theirs.save_pretrained(tmp_path / "theirs")
+    expected_json = (tmp_path / "theirs" / "preprocessor_config.json").read_text()
+    for i, load in enumerate([
+        lambda: AutoImageProcessor.from_pretrained(tmp_path / "repo", subfolder="sub", **LOADER_KWARGS),
+        lambda: AutoImageProcessor.from_pretrained(str(tmp_path / "repo"), subfolder="sub/", use_fast=False,
+                                                   config=None, **LOADER_KWARGS),
+        lambda: ViTImageProcessor.from_pretrained(tmp_path / "repo", subfolder="sub", **LOADER_KWARGS),
+        lambda: ViTFeatureExtractor.from_pretrained(tmp_path / "repo", subfolder="sub", _from_pipeline="x",
+                                                    **LOADER_KWARGS),
+    ]):
+        proc = load()
+        for key in [*LOADER_KWARGS, "subfolder", "use_fast", "config", "_from_pipeline"]:
+            assert not hasattr(proc, key), (i, key)
+        assert proc.size == {"height": 96, "width": 96} and proc.resample == 3
+        proc.save_pretrained(tmp_path / f"ours{i}")
+        assert (tmp_path / f"ours{i}" / "preprocessor_config.json").read_text() == expected_json
+        assert_same(proc(photos["coffee"], return_tensors="np").pixel_values, ref(photos["coffee"], cfg))
+    # settings passed with them still apply; use_fast stays a backend switch
+    proc = AutoImageProcessor.from_pretrained(tmp_path / "repo", subfolder="sub", size=64, use_fast=True,
+                                              trust_remote_code=True)
+    assert proc.size == {"height": 64, "width": 64} and proc.backend == "torch"
+    proc, unused = ViTImageProcessor.from_pretrained(tmp_path / "repo", subfolder="sub", return_unused_kwargs=True,
+                                                     trust_remote_code=True, _from_auto=True)
+    assert unused == {"trust_remote_code": True} and not hasattr(proc, "return_unused_kwargs")
+    # the subfolder decides where the file is looked for, as in transformers
+    for loader in (AutoImageProcessor, ViTImageProcessor):
+        with pytest.raises(FileNotFoundError, match="preprocessor_config.json"):
+            loader.from_pretrained(tmp_path / "repo")
+        with pytest.raises(FileNotFoundError, match="other/preprocessor_config.json"):
+            loader.from_pretrained(tmp_path / "repo", subfolder="other")
+        assert loader.from_pretrained(tmp_path / "repo" / "sub", subfolder="").size["height"] == 96
 
 
 def test_auto_rejects_other_processors(tmp_path):
@@ -439,6 +646,22 @@ def test_hub_id_from_cache(offline):
     assert resolve_file("someone/tiny-vit", "model.safetensors", missing_ok=True) is None
     with pytest.raises(OSError, match="local directory"):
         resolve_file("someone/tiny-vit", "model.safetensors")
+
+
+def test_hub_id_subfolder_from_cache(offline):
+    """A Hub id with subfolder: the file is ``subfolder/preprocessor_config.json`` of the repository."""
+    commit = "d" * 40
+    repo = offline / "models--someone--nested-vit"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    ViTImageProcessor(size=48).save_pretrained(repo / "snapshots" / commit / "image_processor")
+    for loader in (ViTImageProcessor, AutoImageProcessor):
+        proc = loader.from_pretrained("someone/nested-vit", subfolder="image_processor", trust_remote_code=True,
+                                      force_download=False)
+        assert proc.size == {"height": 48, "width": 48} and not hasattr(proc, "subfolder")
+        assert "trust_remote_code" not in proc.to_dict()
+        with pytest.raises(OSError, match="someone/nested-vit"):
+            loader.from_pretrained("someone/nested-vit")
 
 
 def test_resolve_file_local(tmp_path):

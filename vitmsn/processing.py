@@ -229,17 +229,20 @@ def _flatten_images(images: Any) -> list[Any]:
     )
 
 
+def _is_channels_first(data_format: Any, name: str) -> bool:
+    """``"channels_first"`` / ``"channels_last"`` (or transformers' ``ChannelDimension`` members) as a bool."""
+    fmt = str(getattr(data_format, "value", data_format)).lower()
+    if fmt in ("channels_first", "first", "chw"):
+        return True
+    if fmt in ("channels_last", "last", "hwc"):
+        return False
+    raise ValueError(f"{name} must be 'channels_first' or 'channels_last'; got {data_format!r}.")
+
+
 def _channel_axis_is_first(shape: tuple[int, ...], input_data_format: str | None) -> bool:
     """Channel order of a 3-D array, decided as transformers' ``infer_channel_dimension_format(.., (1, 3, 4))``."""
     if input_data_format is not None:
-        fmt = str(getattr(input_data_format, "value", input_data_format)).lower()
-        if fmt in ("channels_first", "first", "chw"):
-            return True
-        if fmt in ("channels_last", "last", "hwc"):
-            return False
-        raise ValueError(
-            f"input_data_format must be 'channels_first' or 'channels_last'; got {input_data_format!r}."
-        )
+        return _is_channels_first(input_data_format, "input_data_format")
     if shape[0] in (1, 3, 4):  # also wins when ambiguous (e.g. 3 x H x 3), as in transformers
         return True
     if shape[-1] in (1, 3, 4):
@@ -304,7 +307,7 @@ def _to_chw_array(image: Any, do_convert_rgb: bool | None, input_data_format: st
 
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu()
-        if image.dtype in (torch.bfloat16, torch.float16):
+        if image.dtype == torch.bfloat16:  # numpy has no bfloat16 (float16 stays float16, as in transformers)
             image = image.float()
         array = image.numpy()
     else:
@@ -505,6 +508,15 @@ def _torch_resize(batch: torch.Tensor, out_hw: tuple[int, int], resample: int) -
     return F.interpolate(batch.float(), size=out_hw, mode=mode, **kwargs)
 
 
+def _torch_output_dtype(dtype: np.dtype, do_rescale: bool, do_normalize: bool) -> torch.dtype:
+    """dtype of an image's output on the torch backend, as transformers' torchvision backend gives it:
+    normalizing makes float32, rescaling keeps a float dtype and makes float32 of any other."""
+    if do_normalize:
+        return torch.float32
+    own = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+    return torch.float32 if do_rescale and not own.is_floating_point else own
+
+
 def _chw_shape(image: np.ndarray | PIL.Image.Image) -> tuple[int, int, int]:
     """(C, H, W) of a channels-first array or of an RGB PIL image kept for the PIL backend's resize."""
     return (3, image.height, image.width) if isinstance(image, PIL.Image.Image) else image.shape
@@ -528,6 +540,26 @@ def _stack_channels_last(arrays: list[np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(a)[None]
     hwc = np.stack([np.moveaxis(a, 0, -1) for a in arrays])  # (b, H, W, C)
     return torch.from_numpy(hwc).permute(0, 3, 1, 2)
+
+
+def _pil_output_dtype(image: np.ndarray | PIL.Image.Image, do_resize: bool, do_rescale: bool,
+                      do_normalize: bool) -> np.dtype | None:
+    """dtype of one image's output on the PIL backend, as transformers' PIL backend gives it, or None when it
+    depends on the pixel values.
+
+    Rescaling makes float32; normalizing keeps a float dtype and makes float32 of any other; the PIL resize
+    makes uint8, except of floats in [0, 1] (float32 again: divided by 255 after resizing)."""
+    if do_rescale:
+        return np.dtype(np.float32)
+    dtype = np.dtype(np.uint8) if isinstance(image, PIL.Image.Image) else image.dtype
+    floating = np.issubdtype(dtype, np.floating)
+    if do_resize:
+        if floating:  # resized to uint8 (integer values) or float32 (values in [0, 1])
+            return np.dtype(np.float32) if do_normalize else None
+        dtype = np.dtype(np.uint8)
+    if do_normalize:
+        return dtype if floating else np.dtype(np.float32)
+    return dtype
 
 
 def _looks_prescaled(chw: np.ndarray) -> bool:
@@ -637,6 +669,7 @@ class ViTImageProcessor:
         return_tensors: str | None = None,
         *,
         input_data_format: str | None = None,
+        data_format: str | None = None,
         device: str | torch.device | None = None,
         **overrides: Any,
     ) -> BatchFeature:
@@ -646,9 +679,14 @@ class ViTImageProcessor:
             images: A PIL image, a numpy array / torch tensor (H, W), (C, H, W), (H, W, C) or batched
                 (B, C, H, W) / (B, H, W, C), uint8 or float, or a (nested) list of these.
             return_tensors: ``"pt"`` -> torch (B, 3, H, W) float32; ``"np"`` -> numpy (B, 3, H, W) float32;
-                ``None`` -> list of numpy (3, H, W) float32 arrays (as transformers).
+                ``None`` -> list of numpy (3, H, W) float32 arrays (as transformers). With ``do_rescale=False``
+                the dtype is transformers' too: the pixels' own (e.g. uint8) without ``do_normalize``, a float
+                input's own (e.g. float64) with it.
             input_data_format: Force ``"channels_first"`` or ``"channels_last"`` for arrays/tensors; by default
                 the channel axis is the first axis of size 1, 3 or 4 (first wins when ambiguous).
+            data_format: Layout of ``pixel_values``: ``"channels_first"`` (default, (B, 3, H, W)) or
+                ``"channels_last"`` ((B, H, W, 3), contiguous), as transformers' ``ViTImageProcessor`` 4.x (PIL)
+                returns it; transformers' ``ChannelDimension`` members are accepted too.
             device: With ``return_tensors="pt"``, put ``pixel_values`` on this device (the torch backend also
                 resizes there).
             **overrides: Any of ``do_resize, size, resample, do_rescale, rescale_factor, do_normalize,
@@ -659,6 +697,7 @@ class ViTImageProcessor:
         return_tensors = getattr(return_tensors, "value", return_tensors)
         if return_tensors not in _RETURN_TENSORS:
             raise ValueError(f"return_tensors must be 'pt', 'np' or None; got {return_tensors!r}.")
+        channels_last = data_format is not None and not _is_channels_first(data_format, "data_format")
         unknown = set(overrides) - set(_CALL_OPTIONS)
         if unknown:
             raise TypeError(
@@ -692,17 +731,22 @@ class ViTImageProcessor:
                 opts["do_normalize"], mean, std, device,
             )  # fmt: skip
         else:
+            # float32, or as in transformers: a float input's own dtype (normalize only), the pixels' (neither)
             def rescale_normalize(chw: np.ndarray) -> np.ndarray:
                 if opts["do_rescale"]:
                     chw = _rescale(chw, rescale_factor)
                 if opts["do_normalize"]:
                     chw = _normalize(chw, mean, std)
-                return np.asarray(chw, dtype=np.float32)
+                return chw
 
+            convert = opts["do_rescale"] or opts["do_normalize"]
             shape = _common_output_shape(arrays, size, opts["do_resize"])
+            dtypes = {_pil_output_dtype(chw, opts["do_resize"], opts["do_rescale"], opts["do_normalize"])
+                      for chw in arrays}
+            out_dtype = dtypes.pop() if len(dtypes) == 1 else None
             # one output batch when every image comes out the same size: no stacking copy afterwards
-            whole = (np.empty((len(arrays), *shape), dtype=np.float32)
-                     if shape is not None and return_tensors is not None else None)
+            whole = (np.empty((len(arrays), *shape), dtype=out_dtype)
+                     if shape is not None and out_dtype is not None and return_tensors is not None else None)
             pixel_values: list[np.ndarray] = [None] * len(arrays)  # type: ignore[list-item]
             tables: dict[int, np.ndarray] = {}  # channels -> (C, 256), made once per call
             tables_lock = threading.Lock()
@@ -711,23 +755,25 @@ class ViTImageProcessor:
                 chw = arrays[i]
                 if opts["do_resize"]:
                     chw = _pil_resize(chw, _output_size(size, *_chw_shape(chw)[1:]), resample)
-                if chw.dtype == np.uint8:
+                if chw.dtype == np.uint8 and convert:
                     with tables_lock:
                         if chw.shape[0] not in tables:
                             tables[chw.shape[0]] = _level_table(rescale_normalize, chw.shape[0])
                     chw = _through_table(chw, tables[chw.shape[0]], out=None if whole is None else whole[i])
                 else:
-                    chw = rescale_normalize(chw)
+                    # without rescale and normalize a copy: not a view of the caller's array
+                    chw = rescale_normalize(chw) if convert else chw.copy()
                     if whole is not None:
                         whole[i] = chw
-                pixel_values[i] = chw  # (C, H, W) float32
+                pixel_values[i] = chw  # (C, H, W), float32 unless do_rescale=False
 
             # threads only help the resize; without it the images go one after the other
             areas = [h * w if opts["do_resize"] else 0 for _, h, w in map(_chw_shape, arrays)]
             _for_each_image(one, areas)
             if whole is not None:
                 pixel_values = whole
-        return BatchFeature({"pixel_values": _collate(pixel_values, return_tensors, device)})
+        pixel_values = _collate(pixel_values, return_tensors, device)
+        return BatchFeature({"pixel_values": _to_channels_last(pixel_values) if channels_last else pixel_values})
 
     @staticmethod
     def _run_torch(
@@ -744,19 +790,23 @@ class ViTImageProcessor:
     ) -> list[torch.Tensor] | torch.Tensor:
         """Batched resize/rescale/normalize with torch; images of equal shape and kind are resized together.
 
-        Returns one (B, C, h, w) tensor when every image comes out the same size, else a list of (C, h, w)."""
+        Returns one (B, C, h, w) tensor when every image comes out the same size and dtype, else a list of
+        (C, h, w). The dtype is float32 unless ``do_normalize=False``; then it is the input's, as transformers'
+        torchvision backend gives it: the pixels' own without ``do_rescale``, a float input's own with it."""
         if do_resize and resample not in _TORCH_MODES:
             raise ValueError(f"resample={resample} is not available with backend='torch'; use backend='pil'.")
         groups: dict[tuple[Any, ...], list[int]] = {}
         for i, chw in enumerate(arrays):
             is_int = not np.issubdtype(chw.dtype, np.floating)
-            groups.setdefault((chw.shape, is_int), []).append(i)
+            dtype = _torch_output_dtype(chw.dtype, do_rescale, do_normalize)
+            groups.setdefault((chw.shape, is_int, dtype), []).append(i)
         common = _common_output_shape(arrays, size, do_resize)
+        dtypes = {dtype for _, _, dtype in groups}
         # one output batch when every image comes out the same size: no stacking copy afterwards
-        whole = (torch.empty((len(arrays), *common), dtype=torch.float32, device=device)
-                 if common is not None else None)
+        whole = (torch.empty((len(arrays), *common), dtype=dtypes.pop(), device=device)
+                 if common is not None and len(dtypes) == 1 else None)
         out: list[torch.Tensor | None] = [None] * len(arrays)
-        for (shape, is_int), idx in groups.items():
+        for (shape, is_int, dtype), idx in groups.items():
             batch = _stack_channels_last([arrays[i] for i in idx])  # (b, C, H, W), channels-last in memory
             if is_int and do_resize and batch.dtype != torch.uint8:
                 lo, hi = batch.min().item(), batch.max().item()
@@ -768,6 +818,12 @@ class ViTImageProcessor:
             if do_resize:
                 # torch's uint8 antialiased kernel works on channels-last images (faster than channels-first: bench/parts.py, rows "resize")
                 batch = _torch_resize(batch, _output_size(size, shape[1], shape[2]), resample)
+            if dtype != torch.float32:  # do_normalize=False and a non-float32 output (rare: made simply)
+                for j, i in enumerate(idx):
+                    value = batch[j].to(dtype)
+                    value = value * rescale_factor if do_rescale else value
+                    out[i] = whole[i].copy_(value) if whole is not None else value.contiguous()
+                continue
             # (x * rescale - mean) / std as one multiply-add into a channels-first float32 batch
             channels = batch.shape[1]
             scale = torch.full((channels,), rescale_factor if do_rescale else 1.0, dtype=torch.float64)
@@ -839,24 +895,39 @@ class ViTImageProcessor:
         cache_dir: str | os.PathLike[str] | None = None,
         token: str | bool | None = None,
         local_files_only: bool = False,
+        force_download: bool = False,
+        subfolder: str = "",
         use_fast: bool | None = None,
+        return_unused_kwargs: bool = False,
         **overrides: Any,
-    ) -> ViTImageProcessor:
+    ) -> ViTImageProcessor | tuple[ViTImageProcessor, dict[str, Any]]:
         """Load from a directory, a ``preprocessor_config.json`` file, or a Hub repo id.
 
         ``overrides`` replace values from the file (e.g. ``size=384``, ``backend="torch"``). Hub ids are resolved
-        with :func:`vitmsn.hub.resolve_file` (honours ``HF_HUB_OFFLINE`` and the Hub cache).
+        with :func:`vitmsn.hub.resolve_file` (honours ``HF_HUB_OFFLINE`` and the Hub cache); ``subfolder`` is a
+        folder of the directory or repository that holds the file. transformers' other loader arguments
+        (``proxies``, ``trust_remote_code``, ``image_processor_filename``, ...) are accepted as transformers does;
+        like the ones above, they are never kept as settings (nor saved). ``use_fast=True`` means
+        ``backend="torch"``. ``return_unused_kwargs=True`` returns ``(processor, unused)``, ``unused`` the
+        loader arguments that had no use here (e.g. ``trust_remote_code``); every other keyword is used
+        (unknown ones are kept as attributes, as by the constructor).
         """
+        unused = {k: v for k, v in overrides.items() if k in _IGNORED_LOADER_ARGS and not k.startswith("_")}
+        hub, overrides = _split_loader_kwargs(overrides)
         config = load_processor_config(
             pretrained_model_name_or_path,
             revision=revision,
             cache_dir=cache_dir,
             token=token,
             local_files_only=local_files_only,
+            force_download=force_download,
+            subfolder=subfolder,
+            **hub,
         )
         if use_fast is not None and "backend" not in overrides:
             overrides["backend"] = "torch" if use_fast else "pil"
-        return cls.from_dict(config, **overrides)
+        processor = cls.from_dict(config, **overrides)
+        return (processor, unused) if return_unused_kwargs else processor
 
     def __repr__(self) -> str:
         backend = "" if self.backend == "pil" else f"(backend={self.backend!r})"
@@ -905,6 +976,16 @@ def _collate(
     return batch.to(device) if device is not None else batch
 
 
+def _to_channels_last(pixel_values: Any) -> Any:
+    """Collated ``pixel_values`` (a (B, C, H, W) tensor / array or a list of (C, H, W) arrays) as contiguous
+    (B, H, W, C) / (H, W, C)."""
+    if isinstance(pixel_values, torch.Tensor):
+        return pixel_values.permute(0, 2, 3, 1).contiguous()
+    if isinstance(pixel_values, np.ndarray):
+        return np.ascontiguousarray(np.moveaxis(pixel_values, 1, -1))
+    return [np.ascontiguousarray(np.moveaxis(v, 0, -1)) for v in pixel_values]
+
+
 def _load_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -915,6 +996,30 @@ def _load_json(path: Path) -> dict[str, Any]:
     return data
 
 
+#: transformers' from_pretrained arguments that tell how to fetch a file but that vitmsn.hub.resolve_file does
+#: not take, or that only choose a class there: accepted and dropped (never kept as processor settings)
+_IGNORED_LOADER_ARGS = frozenset(
+    {"proxies", "resume_download", "trust_remote_code", "user_agent", "config", "code_revision", "_from_auto",
+     "_from_pipeline", "_commit_hash"}
+)
+
+
+def _split_loader_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """from_pretrained's extra keywords -> (loader arguments for :func:`load_processor_config`, processor
+    settings); transformers' loader-only arguments are dropped, ``use_auth_token`` is the old name of
+    ``token``."""
+    hub: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key == "image_processor_filename":
+            hub["filename"] = value
+        elif key == "use_auth_token":
+            hub["use_auth_token"] = value
+        elif key not in _IGNORED_LOADER_ARGS:
+            settings[key] = value
+    return hub, settings
+
+
 def load_processor_config(
     path_or_id: str | os.PathLike[str],
     *,
@@ -922,20 +1027,28 @@ def load_processor_config(
     cache_dir: str | os.PathLike[str] | None = None,
     token: str | bool | None = None,
     local_files_only: bool = False,
+    force_download: bool = False,
+    subfolder: str | None = "",
+    filename: str = PROCESSOR_CONFIG_NAME,
+    use_auth_token: str | bool | None = None,
 ) -> dict[str, Any]:
-    """Read ``preprocessor_config.json`` from a file path, a local directory or a Hub repo id."""
+    """Read ``preprocessor_config.json`` from a file path, a local directory or a Hub repo id (in its folder
+    ``subfolder``, if given, as transformers does)."""
     from vitmsn.hub import resolve_file
 
     local = Path(os.path.expanduser(os.fspath(path_or_id)))
     if local.is_file():
         return _load_json(local)
+    if subfolder:
+        filename = f"{str(subfolder).strip('/')}/{filename}"
     path = resolve_file(
         path_or_id,
-        PROCESSOR_CONFIG_NAME,
+        filename,
         revision=revision,
         cache_dir=cache_dir,
-        token=token,
+        token=token if token is not None else use_auth_token,
         local_files_only=local_files_only,
+        force_download=force_download,
     )
     assert path is not None
     return _load_json(path)
@@ -969,18 +1082,28 @@ class AutoImageProcessor:
         cache_dir: str | os.PathLike[str] | None = None,
         token: str | bool | None = None,
         local_files_only: bool = False,
+        force_download: bool = False,
+        subfolder: str = "",
+        return_unused_kwargs: bool = False,
         **overrides: Any,
-    ) -> ViTImageProcessor:
+    ) -> ViTImageProcessor | tuple[ViTImageProcessor, dict[str, Any]]:
         """Read the config, check it describes a ViT processor, and build a :class:`ViTImageProcessor`.
 
         ``backend``: ``"pil"`` (default) or ``"torch"``/``"torchvision"``; ``use_fast=True`` means ``"torch"``.
+        Loader arguments (``subfolder``, ``trust_remote_code``, ...) are handled as by
+        :meth:`ViTImageProcessor.from_pretrained`: never kept as settings.
         """
+        unused = {k: v for k, v in overrides.items() if k in _IGNORED_LOADER_ARGS and not k.startswith("_")}
+        hub, overrides = _split_loader_kwargs(overrides)
         config = load_processor_config(
             pretrained_model_name_or_path,
             revision=revision,
             cache_dir=cache_dir,
             token=token,
             local_files_only=local_files_only,
+            force_download=force_download,
+            subfolder=subfolder,
+            **hub,
         )
         kind = config.get("image_processor_type") or config.get("feature_extractor_type")
         if kind is not None and kind not in _VIT_PROCESSOR_TYPES:
@@ -990,7 +1113,8 @@ class AutoImageProcessor:
             )
         if backend is None and use_fast is not None:
             backend = "torch" if use_fast else "pil"
-        return ViTImageProcessor.from_dict(config, backend=backend, **overrides)
+        processor = ViTImageProcessor.from_dict(config, backend=backend, **overrides)
+        return (processor, unused) if return_unused_kwargs else processor
 
 
 AutoFeatureExtractor = AutoImageProcessor
