@@ -264,6 +264,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows, ratios = run_cpu(args, peak)
     peak_after = measure_peak(peak_sizes, repeats=2 if args.quick else 5)
     print(f"fp32 matmul peak after the runs: {peak_after:.1f} GFLOP/s")
+    for r in ratios:  # the target is judged against the higher of the two peaks: a drift never helps it
+        r["vitmsn_peak_share_of_higher_peak"] = r["vitmsn_peak_share"] * peak / max(peak, peak_after)
 
     targets = []
     for r in ratios:
@@ -285,8 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
         ):
             targets.append(
                 target(
-                    f"{r['model']} b{r['batch']}: vitmsn share of fp32 matmul peak",
-                    r["vitmsn_peak_share"],
+                    f"{r['model']} b{r['batch']}: vitmsn share of fp32 matmul peak (the higher of before/after)",
+                    r["vitmsn_peak_share_of_higher_peak"],
                     TARGET_PEAK_SHARE,
                 )
             )
