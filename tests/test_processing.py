@@ -372,8 +372,10 @@ def test_dtype_of_every_flag_combination(photos, backend):
                 warnings.simplefilter("ignore")
                 got = proc(image, return_tensors=return_tensors)["pixel_values"]
             assert dtype_name(got) == dtype_name(expected), what
-            if return_tensors is None:
-                assert isinstance(got, list) and all(isinstance(v, np.ndarray) for v in got), what
+            if return_tensors is None:  # a list, of arrays (PIL backend) or of tensors (torchvision backend)
+                kind = np.ndarray if backend == "pil" else torch.Tensor
+                assert isinstance(got, list) and all(isinstance(v, kind) for v in got), what
+                assert all(isinstance(v, kind) for v in expected), what
             else:
                 assert type(got) is type(expected), what
             a, b = as_numpy(got).astype(np.float64), as_numpy(expected).astype(np.float64)

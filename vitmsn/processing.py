@@ -679,7 +679,7 @@ class ViTImageProcessor:
             images: A PIL image, a numpy array / torch tensor (H, W), (C, H, W), (H, W, C) or batched
                 (B, C, H, W) / (B, H, W, C), uint8 or float, or a (nested) list of these.
             return_tensors: ``"pt"`` -> torch (B, 3, H, W) float32; ``"np"`` -> numpy (B, 3, H, W) float32;
-                ``None`` -> list of numpy (3, H, W) float32 arrays (as transformers). With ``do_rescale=False``
+                ``None`` -> list of (3, H, W) float32 numpy arrays (PIL backend) or tensors (torch backend), as transformers. With ``do_rescale=False``
                 the dtype is transformers' too: the pixels' own (e.g. uint8) without ``do_normalize``, a float
                 input's own (e.g. float64) with it.
             input_data_format: Force ``"channels_first"`` or ``"channels_last"`` for arrays/tensors; by default
@@ -772,7 +772,7 @@ class ViTImageProcessor:
             _for_each_image(one, areas)
             if whole is not None:
                 pixel_values = whole
-        pixel_values = _collate(pixel_values, return_tensors, device)
+        pixel_values = _collate(pixel_values, return_tensors, device, list_of_tensors=self.backend == "torch")
         return BatchFeature({"pixel_values": _to_channels_last(pixel_values) if channels_last else pixel_values})
 
     @staticmethod
@@ -946,10 +946,14 @@ def _json_default(value: Any) -> Any:
 
 
 def _collate(
-    pixel_values: list[np.ndarray] | list[torch.Tensor] | torch.Tensor, return_tensors: str | None, device: Any
+    pixel_values: list[np.ndarray] | list[torch.Tensor] | torch.Tensor, return_tensors: str | None, device: Any,
+    list_of_tensors: bool = False,
 ) -> Any:
-    """List of (C, H, W) (or one (B, C, H, W) tensor) -> (B, C, H, W) tensor/array, or a list of numpy
-    arrays when ``return_tensors=None``."""
+    """List of (C, H, W) (or one (B, C, H, W) tensor) -> (B, C, H, W) tensor/array, or with
+    ``return_tensors=None`` a list: of numpy arrays (as transformers' PIL backend), or of torch tensors with
+    ``list_of_tensors`` (as its torchvision backend)."""
+    if return_tensors is None and list_of_tensors:
+        return [torch.as_tensor(v) for v in pixel_values]  # (C, H, W) each, where they were made
     if isinstance(pixel_values, np.ndarray):  # already one (B, C, H, W) batch (PIL path)
         pixel_values = torch.from_numpy(pixel_values)  # shares the memory
     if isinstance(pixel_values, torch.Tensor):  # already one (B, C, H, W) batch
@@ -977,13 +981,14 @@ def _collate(
 
 
 def _to_channels_last(pixel_values: Any) -> Any:
-    """Collated ``pixel_values`` (a (B, C, H, W) tensor / array or a list of (C, H, W) arrays) as contiguous
-    (B, H, W, C) / (H, W, C)."""
+    """Collated ``pixel_values`` (a (B, C, H, W) tensor / array or a list of (C, H, W) arrays / tensors) as
+    contiguous (B, H, W, C) / (H, W, C)."""
     if isinstance(pixel_values, torch.Tensor):
         return pixel_values.permute(0, 2, 3, 1).contiguous()
     if isinstance(pixel_values, np.ndarray):
         return np.ascontiguousarray(np.moveaxis(pixel_values, 1, -1))
-    return [np.ascontiguousarray(np.moveaxis(v, 0, -1)) for v in pixel_values]
+    return [v.permute(1, 2, 0).contiguous() if isinstance(v, torch.Tensor)
+            else np.ascontiguousarray(np.moveaxis(v, 0, -1)) for v in pixel_values]
 
 
 def _load_json(path: Path) -> dict[str, Any]:
