@@ -679,9 +679,9 @@ class ViTImageProcessor:
             images: A PIL image, a numpy array / torch tensor (H, W), (C, H, W), (H, W, C) or batched
                 (B, C, H, W) / (B, H, W, C), uint8 or float, or a (nested) list of these.
             return_tensors: ``"pt"`` -> torch (B, 3, H, W) float32; ``"np"`` -> numpy (B, 3, H, W) float32;
-                ``None`` -> list of (3, H, W) float32 numpy arrays (PIL backend) or tensors (torch backend), as transformers. With ``do_rescale=False``
-                the dtype is transformers' too: the pixels' own (e.g. uint8) without ``do_normalize``, a float
-                input's own (e.g. float64) with it.
+                ``None`` -> list of (3, H, W) float32 numpy arrays (PIL backend) or tensors (torch backend), as
+                transformers. With ``do_rescale=False`` the dtype is transformers' too: the pixels' own (e.g.
+                uint8) without ``do_normalize``, a float input's own (e.g. float64) with it.
             input_data_format: Force ``"channels_first"`` or ``"channels_last"`` for arrays/tensors; by default
                 the channel axis is the first axis of size 1, 3 or 4 (first wins when ambiguous).
             data_format: Layout of ``pixel_values``: ``"channels_first"`` (default, (B, 3, H, W)) or
