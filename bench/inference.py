@@ -233,14 +233,21 @@ def run_gpu(args) -> dict:
 
         return run
 
-    cases = {
-        "vitmsn-fp32": partial(models["vitmsn"], x),
-        "vitmsn-bf16": bf16(models["vitmsn"]),
-        "vitmsn-bf16-flash": bf16(models["vitmsn"], flash=True),
-        "vitmsn-bf16-compile": bf16(compiled),
-        "transformers-sdpa-bf16": bf16(models["transformers-sdpa"]),
-        "timm-bf16": bf16(models["timm"]),
-    }
+    cases = {"vitmsn-fp32": partial(models["vitmsn"], x)}
+    skipped = {}
+    if torch.cuda.is_bf16_supported():
+        cases.update({
+            "vitmsn-bf16": bf16(models["vitmsn"]),
+            "vitmsn-bf16-compile": bf16(compiled),
+            "transformers-sdpa-bf16": bf16(models["transformers-sdpa"]),
+            "timm-bf16": bf16(models["timm"]),
+        })
+        if torch.cuda.get_device_capability() >= (8, 0):  # the flash kernel needs an Ampere or newer GPU
+            cases["vitmsn-bf16-flash"] = bf16(models["vitmsn"], flash=True)
+        else:
+            skipped["vitmsn-bf16-flash"] = "flash attention needs compute capability 8.0 or higher"
+    else:
+        skipped["bf16 cases"] = "this GPU has no bfloat16"
     with torch.inference_mode():
         times = time_interleaved(cases, repeats=repeats, warmup=3, sync=torch.cuda.synchronize)
     rows = []
@@ -248,7 +255,9 @@ def run_gpu(args) -> dict:
         s = summarize(ts)
         rows.append({"model": name, "batch": batch, "case": case, **s, "images_per_s": batch / s["median_s"]})
         print(f"  GPU {case:24s} {batch / s['median_s']:9.1f} img/s")
-    return {"device": torch.cuda.get_device_name(0), "rows": rows}
+    for case, why in skipped.items():
+        print(f"  GPU {case}: skipped ({why})")
+    return {"device": torch.cuda.get_device_name(0), "rows": rows, "skipped": skipped}
 
 
 def main(argv: list[str] | None = None) -> dict:
