@@ -385,7 +385,7 @@ def test_csv_and_tensorboard_logs(tmp_path):
     assert saved["num_prototypes"] == 10 and saved["max_steps"] == 2  # the resolved config
 
 
-def test_devices_and_random_states_on_a_machine_without_gpu():
+def test_devices_and_random_states_on_a_machine_without_gpu(monkeypatch):
     from vitmsn import distributed
     from vitmsn.training import rng_state, set_rng_state
 
@@ -399,6 +399,11 @@ def test_devices_and_random_states_on_a_machine_without_gpu():
     state["cuda"] = [torch.zeros(16, dtype=torch.uint8)]  # an older checkpoint's list, one state per GPU
     set_rng_state(state, torch.device("cpu"))  # restores the CPU's generators, ignores the GPU's
     assert torch.equal(torch.rand(3), drawn)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # a GPU without bfloat16
+    with pytest.raises(ValueError, match="bf16 needs a GPU with bfloat16"):
+        distributed.bf16_autocast(torch.device("cuda"), True)
+    with distributed.bf16_autocast(torch.device("cpu"), True):  # bfloat16 autocast on the CPU
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
 
 
 def test_list_settings_shows_the_preset_with_its_changes(capsys):

@@ -62,6 +62,14 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda", index)
 
 
+def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """``torch.autocast`` to bfloat16 on ``device`` (inactive unless ``enabled``); asking for it on a GPU without
+    bfloat16 is one clear error here, not a failure inside the first forward."""
+    if enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("bf16 needs a GPU with bfloat16 (NVIDIA Ampere or newer): turn bf16 off")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def _parse_device(device: str | torch.device) -> torch.device:
     try:
         return torch.device(device)

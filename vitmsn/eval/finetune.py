@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import InterpolationMode, v2
 from tqdm.auto import tqdm
 
-from vitmsn.distributed import resolve_device
+from vitmsn.distributed import bf16_autocast, resolve_device
 from vitmsn.msn.schedules import Schedule, default_no_decay, param_groups
 from vitmsn.training import (
     FINETUNE_KEYS,
@@ -302,7 +302,7 @@ def evaluate(
     try:
         for pixels, labels in tqdm(loader, desc="evaluate", disable=not progress, leave=False, unit="batch"):
             pixels, labels = pixels.to(device, non_blocking=True), labels.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            with bf16_autocast(device, bf16):
                 logits = model(pixel_values=pixels).logits  # (B, num_labels)
             loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
             correct += int((logits.argmax(-1) == labels).sum())
@@ -474,7 +474,7 @@ def finetune(
     lr_schedule = Schedule("warmup_cosine", total_steps, 0.0, min_lr, ref=lr,
                            warmup_steps=round(warmup_epochs * steps_per_epoch))  # fmt: skip
     optimizer = torch.optim.AdamW(finetune_param_groups(net, weight_decay, layer_decay), lr=lr)
-    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
+    amp = bf16_autocast(dev, bf16)
 
     # -- state: what a checkpoint holds besides weights and optimizer
     step, best_acc, best_loss, best_epoch = 0, -1.0, float("inf"), 0

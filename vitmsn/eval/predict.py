@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vitmsn.distributed import resolve_device
+from vitmsn.distributed import bf16_autocast, resolve_device
 from vitmsn.eval.features import POOLINGS, extract_features, features_path, load_backbone, save_features
 
 logger = logging.getLogger("vitmsn")
@@ -157,7 +157,7 @@ def predict(
             pixels = proc([im for _, im in loaded], return_tensors="pt")["pixel_values"].to(
                 dev
             )  # (b, 3, H, W)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            with bf16_autocast(dev, bf16):
                 logits = net(pixel_values=pixels).logits  # (b, num_labels)
             probs = logits.float().softmax(-1)
             top_p, top_i = probs.topk(k, dim=-1)  # (b, k) each
@@ -248,7 +248,7 @@ def extract(
         paths, classes = None, (list(dataset.classes) or None)
     dev = resolve_device(device)
     backbone, processor = load_backbone(model, device=dev)
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+    with bf16_autocast(dev, bf16):
         feats, labels = extract_features(
             backbone, dataset, processor, pool=pool, batch_size=batch_size, num_workers=num_workers,
             device=dev, progress=progress, desc="extract",

@@ -404,7 +404,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
     log = MetricLogger(out, enabled=main, tensorboard=cfg.tensorboard)
     log.truncate_after(state.step)
     num_patches = cfg.encoder_config().num_patches
-    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    amp = dist.bf16_autocast(dev, cfg.bf16)
 
     bar = tqdm(total=total_steps, initial=state.step, disable=not (progress and main), desc="pretrain",
                unit="step", dynamic_ncols=True)
