@@ -235,7 +235,7 @@ def run_gpu(args) -> dict:
 
     cases = {"vitmsn-fp32": partial(models["vitmsn"], x)}
     skipped = {}
-    if torch.cuda.is_bf16_supported():
+    if torch.cuda.is_bf16_supported(including_emulation=False):
         cases.update({
             "vitmsn-bf16": bf16(models["vitmsn"]),
             "vitmsn-bf16-compile": bf16(compiled),

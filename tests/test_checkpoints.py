@@ -335,3 +335,17 @@ def test_one_mask_for_every_image_and_attention_mask(tmp_path_factory):
     assert isinstance(transformers.ViTModel(transformers.ViTConfig(**TINY))(x, attention_mask=ones), dict)
     with pytest.raises(ValueError, match="attention_mask must be all ones"):
         model(x, attention_mask=ones.index_fill(1, torch.tensor([3]), 0))
+
+
+def test_loading_info_of_a_resized_classifier_and_output_rebuilt_from_items(tmp_path_factory):
+    import transformers
+
+    _, path = save_hf(tmp_path_factory, "ViTMSNForImageClassification", "ViTMSNConfig", num_labels=3)
+    kw = dict(num_labels=5, ignore_mismatched_sizes=True, output_loading_info=True)
+    ours, info = vitmsn.ViTMSNForImageClassification.from_pretrained(path, **kw)
+    _, ref = transformers.ViTMSNForImageClassification.from_pretrained(path, **kw)
+    assert sorted(info["missing_keys"]) == sorted(ref["missing_keys"])
+    assert sorted(k for k, *_ in info["mismatched_keys"]) == sorted(k for k, *_ in ref["mismatched_keys"])
+    out = ours(torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 4]))
+    rebuilt = type(out)({k: v for k, v in out.items()})  # what tools mapping over dicts do
+    assert rebuilt.logits is out.logits and rebuilt.loss is out.loss and list(rebuilt) == list(out)

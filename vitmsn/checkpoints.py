@@ -331,8 +331,8 @@ def load_state_dict_into(model: torch.nn.Module, state_dict: dict[str, torch.Ten
     """Load transformers-named (or our) tensors into ``model``; strict for the backbone, lenient for heads.
 
     Returns transformers' loading info, with the model's own parameter names: ``missing_keys`` (left as they
-    were), ``unexpected_keys`` (dropped), ``mismatched_keys`` ((name, checkpoint shape, model shape), left as
-    they were with ``ignore_mismatched_sizes``) and ``error_msgs`` (always empty: errors raise).
+    were), ``unexpected_keys`` (dropped), ``mismatched_keys`` ((name, checkpoint shape, model shape), newly
+    initialised with ``ignore_mismatched_sizes``) and ``error_msgs`` (always empty: errors raise).
     """
     internal, unknown, _ = hf_to_internal(state_dict)
     if not internal and not unknown:
@@ -371,9 +371,10 @@ def load_state_dict_into(model: torch.nn.Module, state_dict: dict[str, torch.Ten
     own = ("classifier.", "decoder.")  # top-level modules of a head model; everything else is under vit.
     name = lambda k: k if k.startswith(own) else prefix + k  # noqa: E731
     model.load_state_dict({name(k): v for k, v in internal.items() if k in expected}, strict=False)
-    dropped = [k for k in internal if k in expected and k in {m[0] for m in mismatched_heads}]
-    return {"missing_keys": [name(k) for k in missing], "unexpected_keys": [name(k) for k in unexpected],
-            "mismatched_keys": [(name(k), got, want) for k, got, want in mismatched_heads if k not in dropped],
+    redrawn = {k for k, *_ in mismatched_heads}  # reported as mismatched only, as transformers does
+    return {"missing_keys": [name(k) for k in missing if k not in redrawn],
+            "unexpected_keys": [name(k) for k in unexpected],
+            "mismatched_keys": [(name(k), got, want) for k, got, want in mismatched_heads],
             "error_msgs": []}
 
 
@@ -398,8 +399,9 @@ def load_pretrained(cls: type, path_or_id: str | os.PathLike, *model_args: Any, 
     """
     from vitmsn.config import ViTConfig
 
-    if kwargs.pop("use_auth_token", None) is not None and kwargs.get("token") is None:
-        logger.warning("use_auth_token is deprecated in transformers; pass token=")
+    auth = kwargs.pop("use_auth_token", None)  # transformers' old name of token
+    if auth is not None and kwargs.get("token") is None:
+        kwargs["token"] = auth
     hub = {k: kwargs.pop(k) for k in _HUB_KWARGS if kwargs.get(k) is not None}
     for k in (*_HUB_KWARGS, *_NO_EFFECT_KWARGS):
         kwargs.pop(k, None)

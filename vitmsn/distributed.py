@@ -65,9 +65,17 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
     """``torch.autocast`` to bfloat16 on ``device`` (inactive unless ``enabled``); asking for it on a GPU without
     bfloat16 is one clear error here, not a failure inside the first forward."""
-    if enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if enabled and device.type == "cuda" and not _native_bf16():
         raise ValueError("bf16 needs a GPU with bfloat16 (NVIDIA Ampere or newer): turn bf16 off")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _native_bf16() -> bool:
+    """Whether the current GPU computes in bfloat16 natively (torch's default check also counts emulation)."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.3
+        return torch.cuda.get_device_capability() >= (8, 0)
 
 
 def _parse_device(device: str | torch.device) -> torch.device:

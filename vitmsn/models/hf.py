@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,12 @@ class ModelOutput(OrderedDict):
     by integer index (which skips the None fields)."""
 
     def __post_init__(self) -> None:
+        first, *rest = fields(self)
+        given = getattr(self, first.name)
+        if isinstance(given, Mapping) and all(getattr(self, f.name) is None for f in rest):
+            # rebuilt from its own items, as tools that map over dicts do (``type(out)({k: v ...})``)
+            for k, v in given.items():
+                object.__setattr__(self, k, v)
         for f in fields(self):
             value = getattr(self, f.name)
             if value is not None:
