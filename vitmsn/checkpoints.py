@@ -378,11 +378,6 @@ def load_state_dict_into(model: torch.nn.Module, state_dict: dict[str, torch.Ten
             "error_msgs": []}
 
 
-# from_pretrained keywords of transformers that change nothing here (PyTorch weights, loaded on the CPU, no
-# remote code); accepted so that code written for transformers runs unchanged
-_NO_EFFECT_KWARGS = frozenset({"trust_remote_code", "low_cpu_mem_usage", "_fast_init", "resume_download",
-                               "from_tf", "from_flax", "mirror", "_from_auto", "_from_pipeline", "proxies",
-                               "offload_state_dict", "use_auth_token"})
 _HUB_KWARGS = ("revision", "cache_dir", "token", "subfolder", "force_download")
 
 
@@ -398,12 +393,13 @@ def load_pretrained(cls: type, path_or_id: str | os.PathLike, *model_args: Any, 
     new classifier gets the same weights in both libraries.
     """
     from vitmsn.config import ViTConfig
+    from vitmsn.hub import LOADER_ONLY_KWARGS
 
     auth = kwargs.pop("use_auth_token", None)  # transformers' old name of token
     if auth is not None and kwargs.get("token") is None:
         kwargs["token"] = auth
     hub = {k: kwargs.pop(k) for k in _HUB_KWARGS if kwargs.get(k) is not None}
-    for k in (*_HUB_KWARGS, *_NO_EFFECT_KWARGS):
+    for k in (*_HUB_KWARGS, *LOADER_ONLY_KWARGS):
         kwargs.pop(k, None)
     if local_files_only:
         hub["local_files_only"] = True

@@ -11,7 +11,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["is_offline", "resolve_file"]
+__all__ = ["LOADER_ONLY_KWARGS", "is_offline", "resolve_file"]
+
+#: from_pretrained keywords of transformers that change nothing in vitmsn (PyTorch weights loaded on the CPU,
+#: no remote code, proxies from the environment); the model and processor loaders accept and drop them, so
+#: that code written for transformers runs unchanged and none of them is saved as a setting
+LOADER_ONLY_KWARGS = frozenset({
+    "trust_remote_code", "low_cpu_mem_usage", "_fast_init", "resume_download", "from_tf", "from_flax", "mirror",
+    "_from_auto", "_from_pipeline", "proxies", "offload_state_dict", "user_agent", "code_revision",
+    "_commit_hash", "config",
+})
 
 _TRUE = {"1", "on", "yes", "true"}
 

@@ -46,6 +46,8 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
+from vitmsn.hub import LOADER_ONLY_KWARGS
+
 __all__ = [
     "IMAGENET_DEFAULT_MEAN",
     "IMAGENET_DEFAULT_STD",
@@ -912,7 +914,7 @@ class ViTImageProcessor:
         loader arguments that had no use here (e.g. ``trust_remote_code``); every other keyword is used
         (unknown ones are kept as attributes, as by the constructor).
         """
-        unused = {k: v for k, v in overrides.items() if k in _IGNORED_LOADER_ARGS and not k.startswith("_")}
+        unused = {k: v for k, v in overrides.items() if k in LOADER_ONLY_KWARGS and not k.startswith("_")}
         hub, overrides = _split_loader_kwargs(overrides)
         config = load_processor_config(
             pretrained_model_name_or_path,
@@ -1003,10 +1005,6 @@ def _load_json(path: Path) -> dict[str, Any]:
 
 #: transformers' from_pretrained arguments that tell how to fetch a file but that vitmsn.hub.resolve_file does
 #: not take, or that only choose a class there: accepted and dropped (never kept as processor settings)
-_IGNORED_LOADER_ARGS = frozenset(
-    {"proxies", "resume_download", "trust_remote_code", "user_agent", "config", "code_revision", "_from_auto",
-     "_from_pipeline", "_commit_hash"}
-)
 
 
 def _split_loader_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -1020,7 +1018,7 @@ def _split_loader_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dic
             hub["filename"] = value
         elif key == "use_auth_token":
             hub["use_auth_token"] = value
-        elif key not in _IGNORED_LOADER_ARGS:
+        elif key not in LOADER_ONLY_KWARGS:
             settings[key] = value
     return hub, settings
 
@@ -1098,7 +1096,7 @@ class AutoImageProcessor:
         Loader arguments (``subfolder``, ``trust_remote_code``, ...) are handled as by
         :meth:`ViTImageProcessor.from_pretrained`: never kept as settings.
         """
-        unused = {k: v for k, v in overrides.items() if k in _IGNORED_LOADER_ARGS and not k.startswith("_")}
+        unused = {k: v for k, v in overrides.items() if k in LOADER_ONLY_KWARGS and not k.startswith("_")}
         hub, overrides = _split_loader_kwargs(overrides)
         config = load_processor_config(
             pretrained_model_name_or_path,
