@@ -52,6 +52,49 @@ def test_unknown_keys_are_kept(tmp_path):
     assert ViTMSNConfig.from_pretrained(tmp_path).extra["my_custom_key"] == [1, 2]
 
 
+@pytest.mark.parametrize("ours,theirs", [(ViTMSNConfig, "ViTMSNConfig"), (ViTConfig, "ViTConfig")])
+def test_attributes_set_later_are_saved_as_in_transformers(tmp_path, ours, theirs):
+    """Attributes set on a config after it is built are saved (transformers saves every attribute); a name
+    transformers has as a plain attribute (head_dim) reads back as set; copies do not share them."""
+    cfg = ours(head_dim=7, my_key=1)
+    cfg.my_key, cfg.added = 2, "x"
+    other = cfg.copy(num_channels=1)
+    other.my_key = 3
+    cfg.hidden_size = 96  # a field stays a field
+    assert "hidden_size" not in cfg.extra and cfg.hidden_size == 96
+    cfg.save_pretrained(tmp_path)
+    ref = getattr(transformers, theirs).from_pretrained(tmp_path)
+    assert (ref.head_dim, ref.my_key, ref.added, ref.hidden_size) == (7, 2, "x", 96)
+    assert (cfg.head_dim, other.my_key) == (7, 3)
+    del cfg.added
+    assert "added" not in cfg.to_dict()
+
+
+def test_read_only_settings_are_refused():
+    """transformers refuses ``use_return_dict=`` as well (a property without a setter); saving it would
+    make a config.json transformers cannot load."""
+    with pytest.raises(AttributeError):
+        transformers.ViTConfig(use_return_dict=False)
+    with pytest.raises(ValueError, match="use_return_dict cannot be set .*follows return_dict"):
+        ViTConfig(use_return_dict=False)
+    with pytest.raises(AttributeError):
+        ViTConfig().use_return_dict = False
+
+
+def test_from_pretrained_keywords(tmp_path):
+    """As transformers' config loader: hub keywords (subfolder, force_download, loader-only ones) are taken,
+    settings override, other keywords are unused (returned on request)."""
+    ViTMSNConfig(my_key=1).save_pretrained(tmp_path / "sub")
+    cfg, unused = ViTMSNConfig.from_pretrained(tmp_path, subfolder="sub", force_download=False,
+                                               trust_remote_code=True, num_channels=1, my_key=2, other=3,
+                                               return_unused_kwargs=True)
+    ref, ref_unused = transformers.ViTMSNConfig.from_pretrained(tmp_path, subfolder="sub", num_channels=1,
+                                                                my_key=2, other=3, return_unused_kwargs=True)
+    assert (cfg.num_channels, cfg.my_key) == (ref.num_channels, ref.my_key) == (1, 2)
+    assert unused == ref_unused == {"other": 3}
+    assert ViTMSNConfig.from_pretrained(tmp_path / "sub", other=3).to_dict().get("other") is None
+
+
 def test_num_labels_override():
     cfg = ViTMSNConfig.from_dict({"model_type": "vit_msn", "id2label": {"0": "a", "1": "b"}}, num_labels=5)
     assert cfg.num_labels == 5 and len(cfg.id2label) == 5

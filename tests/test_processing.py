@@ -616,6 +616,20 @@ def test_unknown_kwargs_kept():
     assert proc.foo == [1, 2] and proc.to_dict()["foo"] == [1, 2]
 
 
+def test_nested_processor_config_first(tmp_path):
+    """transformers 5 reads the ``image_processor`` entry of ``processor_config.json`` before
+    ``preprocessor_config.json``; without that entry, the latter."""
+    import transformers
+
+    ViTImageProcessor(size=32).save_pretrained(tmp_path)
+    nested = {"image_processor": {**ViTImageProcessor(size=40).to_dict()}, "processor_class": "SomeProcessor"}
+    (tmp_path / "processor_config.json").write_text(json.dumps(nested))
+    for loader in (ViTImageProcessor, AutoImageProcessor, transformers.ViTImageProcessor):
+        assert loader.from_pretrained(tmp_path).size == {"height": 40, "width": 40}, loader
+    (tmp_path / "processor_config.json").write_text(json.dumps({"processor_class": "SomeProcessor"}))
+    assert ViTImageProcessor.from_pretrained(tmp_path).size == {"height": 32, "width": 32}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Hub ids
 # ---------------------------------------------------------------------------------------------------------

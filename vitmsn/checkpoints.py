@@ -381,6 +381,23 @@ def load_state_dict_into(model: torch.nn.Module, state_dict: dict[str, torch.Ten
 _HUB_KWARGS = ("revision", "cache_dir", "token", "subfolder", "force_download")
 
 
+def pop_hub_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Take transformers' file-fetching keywords out of ``kwargs`` (changed in place): those that
+    :func:`_resolve` uses are returned (``use_auth_token`` as ``token``, ``local_files_only`` when true), the
+    loader-only ones that change nothing here (:data:`vitmsn.hub.LOADER_ONLY_KWARGS`) are dropped."""
+    from vitmsn.hub import LOADER_ONLY_KWARGS
+
+    auth = kwargs.pop("use_auth_token", None)  # transformers' old name of token
+    if auth is not None and kwargs.get("token") is None:
+        kwargs["token"] = auth
+    hub = {k: kwargs.pop(k) for k in _HUB_KWARGS if kwargs.get(k) is not None}
+    if kwargs.pop("local_files_only", False):
+        hub["local_files_only"] = True
+    for k in (*_HUB_KWARGS, *LOADER_ONLY_KWARGS):
+        kwargs.pop(k, None)
+    return hub
+
+
 def load_pretrained(cls: type, path_or_id: str | os.PathLike, *model_args: Any, config: Any = None,
                     dtype: torch.dtype | str | None = None, attn_implementation: str | None = None,
                     ignore_mismatched_sizes: bool = False, local_files_only: bool = False,
@@ -393,14 +410,8 @@ def load_pretrained(cls: type, path_or_id: str | os.PathLike, *model_args: Any, 
     new classifier gets the same weights in both libraries.
     """
     from vitmsn.config import ViTConfig
-    from vitmsn.hub import LOADER_ONLY_KWARGS
 
-    auth = kwargs.pop("use_auth_token", None)  # transformers' old name of token
-    if auth is not None and kwargs.get("token") is None:
-        kwargs["token"] = auth
-    hub = {k: kwargs.pop(k) for k in _HUB_KWARGS if kwargs.get(k) is not None}
-    for k in (*_HUB_KWARGS, *LOADER_ONLY_KWARGS):
-        kwargs.pop(k, None)
+    hub = pop_hub_kwargs(kwargs)
     if local_files_only:
         hub["local_files_only"] = True
     device_map = kwargs.pop("device_map", None)

@@ -42,6 +42,11 @@ def pair(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return (int(x[0]), int(x[1]))
 
 
+#: what each read-only property of a config follows (for the error when one is passed as a keyword)
+_DERIVED_FROM = {"use_return_dict": "return_dict", "grid_size": "image_size // patch_size",
+                 "num_patches": "the number of patches at image_size", "_attn_implementation": "attn_implementation"}
+
+
 def _keeps_unknown_keywords(cls: type) -> type:
     """Let the dataclass constructor take keywords it has no field for, as transformers' configs do: they
     go to ``extra`` (written back to config.json) and read as attributes (``config.my_key``)."""
@@ -51,6 +56,10 @@ def _keeps_unknown_keywords(cls: type) -> type:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = {k: kwargs.pop(k) for k in list(kwargs) if k not in names}
+        read_only = sorted(k for k in unknown if isinstance(getattr(cls, k, None), property))
+        if read_only:  # transformers raises too (its setattr meets a property without a setter)
+            derived = "; ".join(f"{k} follows {_DERIVED_FROM.get(k, 'other settings')}" for k in read_only)
+            raise ValueError(f"{cls.__name__}: {', '.join(read_only)} cannot be set ({derived})")
         if unknown:
             kwargs["extra"] = {**(kwargs.get("extra") or {}),
                                **{k: v for k, v in unknown.items() if k not in _IGNORED_KEYS}}
@@ -97,6 +106,7 @@ class ViTConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        self.extra = dict(self.extra)  # its own (``copy`` / ``dataclasses.replace`` pass the original's)
         if self.pooler_output_size is None and hasattr(self, "pooler_output_size"):
             self.pooler_output_size = self.hidden_size
         self._init_labels()
@@ -170,11 +180,22 @@ class ViTConfig:
             return extra[name]
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
-    # --------------------------------------------------------- derived values
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+    def __setattr__(self, name: str, value: Any) -> None:
+        # a public name that is neither a field nor a class attribute lives in ``extra``, so that it is saved
+        # (as transformers saves every attribute set on a config)
+        if name.startswith("_") or name in self.__dataclass_fields__ or hasattr(type(self), name):
+            object.__setattr__(self, name, value)
+        else:
+            self.extra[name] = value
 
+    def __delattr__(self, name: str) -> None:
+        extra = self.__dict__.get("extra")
+        if extra is not None and name in extra and name not in self.__dataclass_fields__:
+            del extra[name]
+        else:
+            object.__delattr__(self, name)
+
+    # --------------------------------------------------------- derived values
     @property
     def grid_size(self) -> tuple[int, int]:
         """Patch grid (rows, columns) at ``image_size``."""
@@ -266,12 +287,22 @@ class ViTConfig:
         return path
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, **kwargs: Any) -> ViTConfig:
-        """Read ``config.json`` from a local directory, a file, or a Hub repository id."""
-        from vitmsn.checkpoints import load_config_dict
+    def from_pretrained(cls, path_or_id: str | os.PathLike, *, return_unused_kwargs: bool = False,
+                        **kwargs: Any) -> ViTConfig | tuple[ViTConfig, dict[str, Any]]:
+        """Read ``config.json`` from a local directory or a Hub repository id (as transformers: ``revision``,
+        ``cache_dir``, ``token``, ``subfolder``, ``force_download``, ``local_files_only``).
 
-        hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token") if k in kwargs}
-        return cls.from_dict(load_config_dict(path_or_id, **hub_kwargs), **kwargs)
+        Other keywords that name a setting (a field, or a key of the file) override it; the rest are unused,
+        and returned with the config when ``return_unused_kwargs`` is true.
+        """
+        from vitmsn.checkpoints import load_config_dict, pop_hub_kwargs
+
+        hub = pop_hub_kwargs(kwargs)
+        data = load_config_dict(path_or_id, **hub)
+        known = set(cls.__dataclass_fields__) | set(data) | {"_attn_implementation"}
+        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in known}
+        config = cls.from_dict(data, **overrides)
+        return (config, kwargs) if return_unused_kwargs else config
 
     def copy(self, **changes: Any) -> ViTConfig:
         return dataclasses.replace(self, **changes)

@@ -62,6 +62,8 @@ __all__ = [
 ]
 
 PROCESSOR_CONFIG_NAME = "preprocessor_config.json"
+#: transformers 5's processor file; its ``image_processor`` entry, when present, is read first
+NESTED_PROCESSOR_CONFIG_NAME = "processor_config.json"
 IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
 IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
@@ -1003,10 +1005,6 @@ def _load_json(path: Path) -> dict[str, Any]:
     return data
 
 
-#: transformers' from_pretrained arguments that tell how to fetch a file but that vitmsn.hub.resolve_file does
-#: not take, or that only choose a class there: accepted and dropped (never kept as processor settings)
-
-
 def _split_loader_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """from_pretrained's extra keywords -> (loader arguments for :func:`load_processor_config`, processor
     settings); transformers' loader-only arguments are dropped, ``use_auth_token`` is the old name of
@@ -1035,24 +1033,23 @@ def load_processor_config(
     filename: str = PROCESSOR_CONFIG_NAME,
     use_auth_token: str | bool | None = None,
 ) -> dict[str, Any]:
-    """Read ``preprocessor_config.json`` from a file path, a local directory or a Hub repo id (in its folder
-    ``subfolder``, if given, as transformers does)."""
+    """Read the processor settings from a file path, a local directory or a Hub repo id (in its folder
+    ``subfolder``, if given), as transformers 5 does: the ``image_processor`` entry of a
+    ``processor_config.json`` if there is one, else ``preprocessor_config.json``."""
     from vitmsn.hub import resolve_file
 
     local = Path(os.path.expanduser(os.fspath(path_or_id)))
     if local.is_file():
         return _load_json(local)
-    if subfolder:
-        filename = f"{str(subfolder).strip('/')}/{filename}"
-    path = resolve_file(
-        path_or_id,
-        filename,
-        revision=revision,
-        cache_dir=cache_dir,
-        token=token if token is not None else use_auth_token,
-        local_files_only=local_files_only,
-        force_download=force_download,
-    )
+    prefix = f"{str(subfolder).strip('/')}/" if subfolder else ""
+    hub = {"revision": revision, "cache_dir": cache_dir, "token": token if token is not None else use_auth_token,
+           "local_files_only": local_files_only, "force_download": force_download}
+    nested = resolve_file(path_or_id, prefix + NESTED_PROCESSOR_CONFIG_NAME, missing_ok=True, **hub)
+    if nested is not None:
+        settings = _load_json(nested).get("image_processor")
+        if isinstance(settings, dict):
+            return settings
+    path = resolve_file(path_or_id, prefix + filename, **hub)
     assert path is not None
     return _load_json(path)
 
