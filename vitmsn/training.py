@@ -70,7 +70,7 @@ class SeededTransform(Dataset):
 
     def __init__(self, base: Dataset, transform: Callable, seed: int = 0, count_skips: bool = False):
         self.base, self.transform, self.seed, self.epoch = base, transform, seed, 0
-        self.count_skips = count_skips  # also return how many unreadable files were skipped for this item
+        self.count_skips = count_skips  # also return 1 if this item's file was unreadable (and replaced), else 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -79,13 +79,16 @@ class SeededTransform(Dataset):
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:
-        before = getattr(self.base, "num_skipped", 0)  # image folders replace unreadable files and count them
-        image, label = self.base[index]
+        load_item = getattr(self.base, "load_item", None)  # image folders replace unreadable files and say so
+        if load_item is not None:
+            image, label, replaced = load_item(index)
+        else:
+            (image, label), replaced = self.base[index], False
         s = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
         torch.manual_seed(s)
         random.seed(s)
         if self.count_skips:
-            return self.transform(image), label, getattr(self.base, "num_skipped", 0) - before
+            return self.transform(image), label, int(replaced)
         return self.transform(image), label
 
 

@@ -143,9 +143,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     Bad files do not crash iteration: ``__getitem__`` on a file that fails to load logs one
     warning per file, records it in :attr:`skipped`, and returns the next loadable index
-    (wrapping around), so the result is deterministic.  Note that with a multi-worker
-    DataLoader each worker keeps its own counters; call :meth:`scan` up front to find every
-    bad file in the main process.
+    (wrapping around), so the result is deterministic; :meth:`load_item` also says whether that
+    happened.  Note that with a multi-worker DataLoader each worker keeps its own counters;
+    call :meth:`scan` up front to find every bad file in the main process.
 
     Attributes:
         root: the root directory; samples: ``[(path, label)]``; classes; class_to_idx.
@@ -279,6 +279,13 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
+        image, label, _ = self.load_item(index)
+        return image, label
+
+    def load_item(self, index: int) -> tuple[Any, int, bool]:
+        """``(image, label, replaced)``: as ``self[index]``, and whether the file asked for was unreadable (and
+        the next readable one given instead). Exact in any process: it does not depend on which bad files this
+        copy of the data set met before (DataLoader workers each hold a copy)."""
         n = len(self.samples)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for dataset of size {n}")
@@ -298,7 +305,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 continue
             if self.transform is not None:
                 img = self.transform(img)
-            return img, label
+            return img, label, offset > 0
         raise NoLoadableImageError(self.root, n)
 
 

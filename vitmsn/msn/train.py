@@ -408,7 +408,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
 
     bar = tqdm(total=total_steps, initial=state.step, disable=not (progress and main), desc="pretrain",
                unit="step", dynamic_ncols=True)
-    t0, seen, skipped_here = time.perf_counter(), 0, 0  # skipped_here: unreadable files of this process
+    t0, seen, skipped_here = time.perf_counter(), 0, 0  # skipped_here: this process's images that were unreadable
     try:
         while state.step < total_steps:
             epoch, start_batch = divmod(state.step, steps_per_epoch)
@@ -454,7 +454,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
     dist.barrier()
     if main:
         if skipped:
-            logger.warning("%d unreadable images were skipped (see the warnings above for their paths)", skipped)
+            logger.warning("%d images drawn were unreadable and replaced by the next readable one (see the "
+                           "warnings above for their paths)", skipped)
         logger.info("pretraining finished after %d steps; run folder %s", state.step, out)
     return out
 
