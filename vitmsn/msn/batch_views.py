@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+from vitmsn.distributed import to_device
 from vitmsn.msn.transforms import ViewConfig, blur_kernel_size
 
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
@@ -80,7 +81,7 @@ def crop_boxes(n: int, height: int, width: int, scale: tuple[float, float], rati
 def resized_crops(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
     """(B, C, H, W) float, (B, 4) boxes ``(x0, y0, w, h)`` -> (B, C, size, size): bilinear resampling,
     averaging several samples per output pixel when the box is larger than the output."""
-    x0, y0, w, h = boxes.to(images.device, torch.float32).unbind(1)
+    x0, y0, w, h = to_device(boxes.float(), images.device).unbind(1)
     rois = torch.stack([torch.arange(len(images), device=images.device, dtype=torch.float32),
                         x0, y0, x0 + w, y0 + h], dim=1)  # (B, 5)
     return roi_align(images, rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
@@ -150,7 +151,7 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> tor
     B, C, H, W = x.shape
     half = (kernel_size - 1) / 2
     t = torch.linspace(-half, half, kernel_size, device=x.device, dtype=x.dtype)  # (k,)
-    s = sigma.to(x.device, x.dtype).view(B, 1)
+    s = to_device(sigma.to(x.dtype), x.device).view(B, 1)
     k = torch.exp(-0.5 * (t / s.clamp(min=1e-6)) ** 2)  # (B, k)
     k = k / k.sum(1, keepdim=True)
     delta = (t == 0).to(x.dtype).expand(B, -1)
@@ -190,8 +191,8 @@ class BatchViews:
             raise ValueError(f"rows {offset}..{rows.stop} do not fit in a global batch of {total}")
         draws = [(c.rand_size, c.rand_crop_scale)] * (1 + c.rand_views) + [(c.focal_size, c.focal_crop_scale)] * c.focal_views
         views = [self.view(x, size, scale, generator, rows, total) for size, scale in draws]
-        mean = torch.tensor(c.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(c.std, device=x.device).view(1, -1, 1, 1)
+        mean = to_device(torch.tensor(c.mean), x.device).view(1, -1, 1, 1)
+        std = to_device(torch.tensor(c.std), x.device).view(1, -1, 1, 1)
         if x.shape[1] == 1 and c.num_channels == 3 and len(set(c.mean)) == 1 and len(set(c.std)) == 1:
             # gray images, equal statistics: normalise one channel, then replicate (a view, no copy)
             return [((v - mean[:, :1]) / std[:, :1]).expand(-1, 3, -1, -1) for v in views]
@@ -208,7 +209,7 @@ class BatchViews:
         rows = slice(0, B) if rows is None else rows
 
         def coin(p: float) -> torch.Tensor:  # (B,) bool on the device
-            return (torch.rand(N, generator=g)[rows] < p).to(dev)
+            return to_device(torch.rand(N, generator=g)[rows] < p, dev)
 
         def uniform(lo: float, hi: float) -> torch.Tensor:  # (B,) float64 on the CPU
             return _uniform(N, lo, hi, g)[rows]
@@ -221,9 +222,10 @@ class BatchViews:
             bright, contrast, sat = (0.8 * s,) * 3
             hue = min(0.5, 0.2 * s)
             f = torch.stack([uniform(max(0.0, 1 - bright), 1 + bright), uniform(max(0.0, 1 - contrast), 1 + contrast),
-                             uniform(max(0.0, 1 - sat), 1 + sat), uniform(-hue, hue)], 1).float().to(dev)  # (B, 4)
+                             uniform(max(0.0, 1 - sat), 1 + sat), uniform(-hue, hue)], 1).float()  # (B, 4)
+            f = to_device(f, dev)
             order = torch.argsort(torch.rand(N, 4, generator=g)[rows], dim=1)  # (B, 4) on the CPU: op at each slot
-            identity = torch.tensor([1.0, 1.0, 1.0, 0.0], device=dev)
+            identity = to_device(torch.tensor([1.0, 1.0, 1.0, 0.0]), dev)
             f = torch.where(apply, f, identity)
             ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
             for slot in range(4):
@@ -231,13 +233,13 @@ class BatchViews:
                     here = order[:, slot] == k  # (B,) bool; tested on the CPU, so no wait for a GPU
                     if C == 1 and k >= 2 or not bool(here.any()):
                         continue
-                    v = op(v, torch.where(here.to(dev), f[:, k], identity[k]))
+                    v = op(v, torch.where(to_device(here, dev), f[:, k], identity[k]))
         if C == 3 and c.grayscale_prob > 0:
             v = torch.where(coin(c.grayscale_prob).view(B, 1, 1, 1), _gray(v).expand(-1, 3, -1, -1), v)
         if c.blur_prob > 0:
             lo, hi = c.effective_blur_sigma
             k = blur_kernel_size(hi, size, c.blur_kernel_size)
-            sigma = uniform(lo, hi).float().to(dev) * coin(c.blur_prob)
+            sigma = to_device(uniform(lo, hi).float(), dev) * coin(c.blur_prob)
             if k > 1:
                 v = gaussian_blur(v, sigma, k)
         return v

@@ -139,8 +139,8 @@ class BatchedViews:
         for i in range(len(order) // b):
             batch = s.start_batch + i
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + s.epoch) * 1_000_033 + batch)
-            rows = order[i * b: (i + 1) * b].to(self.images.device)
-            pixels = self.images[rows].to(self.device, non_blocking=True)  # (b, C, H, W)
+            rows = dist.to_device(order[i * b: (i + 1) * b], self.images.device)
+            pixels = dist.to_device(self.images[rows], self.device)  # (b, C, H, W)
             # the draws of the whole global batch, this process's rows: W processes = 1 process
             views = self.make_views(pixels, g, offset=s.rank * b, total=b * s.world)
             yield views, torch.zeros(1, dtype=torch.int64)
@@ -259,7 +259,7 @@ def mask_for_step(cfg: PretrainConfig, step: int, global_batch: int, num_patches
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     keep = random_keep_indices(global_batch, num_patches, cfg.patch_drop, per_sample=cfg.mask_per_sample, generator=g)
     b = global_batch // dist.world_size()
-    return keep[dist.rank() * b: (dist.rank() + 1) * b].to(device)
+    return dist.to_device(keep[dist.rank() * b: (dist.rank() + 1) * b], device)
 
 
 # ------------------------------------------------------------------------------------------- the loop
