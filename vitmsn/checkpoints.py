@@ -346,8 +346,7 @@ def load_state_dict_into(model: torch.nn.Module, state_dict: dict[str, torch.Ten
     mismatched_heads = [m for m in mismatched if head(m[0])] if ignore_mismatched_sizes else []
     if ignore_mismatched_sizes:
         for k, *_ in mismatched_heads:
-            internal.pop(k)
-            missing.append(k)
+            internal.pop(k)  # left as initialised; reported as mismatched only, as transformers does
         mismatched = [m for m in mismatched if not head(m[0])]
     hard_missing = [k for k in missing if not head(k)]
     hard_unexpected = unknown + [k for k in unexpected if not head(k)]
@@ -364,15 +363,15 @@ def load_state_dict_into(model: torch.nn.Module, state_dict: dict[str, torch.Ten
         if mismatched and any(head(k) for k, *_ in mismatched):
             lines.append("  (for a classifier with another number of labels pass ignore_mismatched_sizes=True)")
         raise CheckpointError("\n".join(lines))
-    if missing:
-        logger.warning("%s: newly initialised (not in %s): %s", type(model).__name__, source, ", ".join(missing))
+    if missing or mismatched_heads:
+        logger.warning("%s: newly initialised (not in %s, or of another shape there): %s", type(model).__name__,
+                       source, ", ".join(sorted([*missing, *(k for k, *_ in mismatched_heads)])))
     if unexpected:
         logger.warning("%s: dropped weights it has no place for: %s", type(model).__name__, ", ".join(unexpected))
     own = ("classifier.", "decoder.")  # top-level modules of a head model; everything else is under vit.
     name = lambda k: k if k.startswith(own) else prefix + k  # noqa: E731
     model.load_state_dict({name(k): v for k, v in internal.items() if k in expected}, strict=False)
-    redrawn = {k for k, *_ in mismatched_heads}  # reported as mismatched only, as transformers does
-    return {"missing_keys": [name(k) for k in missing if k not in redrawn],
+    return {"missing_keys": [name(k) for k in missing],
             "unexpected_keys": [name(k) for k in unexpected],
             "mismatched_keys": [(name(k), got, want) for k, got, want in mismatched_heads],
             "error_msgs": []}
