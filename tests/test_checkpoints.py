@@ -204,6 +204,20 @@ def test_pickle_that_runs_code_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "PWNED").exists()
 
 
+def test_atomic_writes_follow_the_umask(tmp_path):
+    import stat
+
+    from vitmsn.checkpoints import atomic_write_text
+
+    previous = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        assert os.umask(0o027) == 0o027  # reading it left it as it was
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
+
+
 def test_random_bytes_are_not_called_an_unsafe_pickle(tmp_path):
     import stat
 

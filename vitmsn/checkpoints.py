@@ -48,7 +48,16 @@ class CheckpointError(ValueError):
 
 
 def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    """The process's umask: read from /proc on Linux (without changing it, so safe with other threads);
+    elsewhere read by setting it and putting it straight back."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
