@@ -5,7 +5,9 @@ Interleaved A/B pairs (median ms per call), each the choice vitmsn made and what
 - ``adamw``: AdamW's fused kernel against the default (foreach) one, on the ``fashion-mnist`` preset's
   online network and prototypes;
 - ``target``: the EMA target's forward (``fashion-mnist`` preset, batch 128) when its weights change before
-  every call, with the weights packed for oneDNN again at every call against ``unpacked_weights()``;
+  every call, with the weights packed for oneDNN again at every call against ``unpacked_weights()``, and
+  its 2176 tokens in chunks of whole images (as before the activation-size rule of ``Block.forward``)
+  against whole;
 - ``patch``: the patch embedding as reshape + matmul against the strided convolution, forward + backward
   (the weight gradient), for the preset's 28 px images with 7 x 7 patches (batch 128) and ViT-S/16's 224 px
   (batch 8) and 96 px (batch 80) views;
@@ -39,6 +41,8 @@ NAME = "parts"
 
 def _pairs(quick: bool) -> dict[str, dict[str, Any]]:
     """{part: {case: zero-argument callable}}; the first case of each part is what vitmsn ships."""
+    import contextlib
+
     import numpy as np
     import PIL.Image
     import torch
@@ -63,18 +67,20 @@ def _pairs(quick: bool) -> dict[str, dict[str, Any]]:
 
     images = torch.randn(cfg.batch_size, 3, cfg.rand_size, cfg.rand_size)
 
-    def target_forward(unpacked: bool):
+    def target_forward(unpacked: bool, chunk_min_bytes: int = layers.CHUNK_MIN_BYTES):
         def run():
             ema_update(state.target, state.online, 0.99)  # the weights change before every forward
-            with torch.no_grad():
-                if unpacked:
-                    with layers.unpacked_weights():
-                        return state.target(images)
-                return state.target(images)
+            previous, layers.CHUNK_MIN_BYTES = layers.CHUNK_MIN_BYTES, chunk_min_bytes
+            try:
+                with torch.no_grad(), (layers.unpacked_weights() if unpacked else contextlib.nullcontext()):
+                    return state.target(images)
+            finally:
+                layers.CHUNK_MIN_BYTES = previous
 
         return run
 
-    pairs["target"] = {"unpacked": target_forward(True), "packed at every call": target_forward(False)}
+    pairs["target"] = {"unpacked": target_forward(True), "packed at every call": target_forward(False),
+                       "unpacked, in token chunks": target_forward(True, chunk_min_bytes=0)}
 
     shapes = [(cfg.batch_size, 3, 28, 28, 7, 128)]
     if not quick:

@@ -33,13 +33,26 @@ def plain(model, x, **kw):
         return model(x, **kw)
 
 
-def test_chunked_batch_matches_transformers_and_plain_path(pair):
+def test_chunked_batch_matches_transformers_and_plain_path(pair, monkeypatch):
     ref, path = pair
     ours = vitmsn.ViTMSNModel.from_pretrained(path)
     x = torch.randn(40, 3, 64, 64)
-    assert 40 * 65 > layers.CHUNK_ABOVE  # run in chunks
+    assert 40 * 65 > layers.CHUNK_ABOVE
+    calls = []
+    block = ours.blocks[0]
+
+    def counted(x, *args, **kwargs):
+        calls.append(len(x))
+        return type(block)._forward(block, x, *args, **kwargs)
+
+    monkeypatch.setattr(block, "_forward", counted)
     with torch.inference_mode():
+        ours(x)
+        assert calls == [40]  # a tiny model's MLP activation is below CHUNK_MIN_BYTES: one call
+        calls.clear()
+        monkeypatch.setattr(layers, "CHUNK_MIN_BYTES", 0)
         fast = ours(x).last_hidden_state
+        assert len(calls) > 1 and sum(calls) == 40  # run in chunks of whole images
         expected = ref(x).last_hidden_state
     torch.testing.assert_close(fast, expected, atol=ATOL, rtol=0)
     torch.testing.assert_close(fast, plain(ours, x).last_hidden_state, atol=ATOL, rtol=0)

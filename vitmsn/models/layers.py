@@ -78,10 +78,13 @@ except (AttributeError, RuntimeError):  # a build of torch without oneDNN
     _LINEAR_POINTWISE = _REORDER_WEIGHT = None
 
 #: tokens a block processes at once in CPU inference (whole images: at least one image per chunk), for
-#: inputs of more than CHUNK_ABOVE tokens. bench/ab.py on two CPUs: chunks help at ViT batch 32 (6304
-#: tokens) and cost 0.5-9 % at batch 8 (1576 tokens), so smaller inputs run whole.
+#: inputs of more than CHUNK_ABOVE tokens whose MLP activation (tokens x mlp hidden, fp32) is larger than
+#: CHUNK_MIN_BYTES. bench/ab.py on two CPUs: chunks help at ViT batch 32 (6304 tokens) and cost 0.5-9 % at
+#: batch 8 (1576 tokens); bench/parts.py (rows ``target``): they cost ~10 % on the fashion-mnist preset's
+#: EMA target (2176 tokens, but a 4.4 MB activation, hidden size 128), so small activations run whole.
 CHUNK_TOKENS = 1024
 CHUNK_ABOVE = 2 * CHUNK_TOKENS
+CHUNK_MIN_BYTES = 16 << 20
 
 
 class _PackedWeights:
@@ -325,7 +328,7 @@ class Block(nn.Module):
         B, N, _ = x.shape
         # (the oneDNN test first: under torch.export / compile it is False and no guard on B is recorded)
         if (_use_onednn(x, self.mlp.fc1.weight) and head_mask is None and not need_weights and B > 1
-                and B * N > CHUNK_ABOVE):
+                and B * N > CHUNK_ABOVE and B * N * self.mlp.fc1.out_features * x.element_size() > CHUNK_MIN_BYTES):
             # CPU inference on many tokens: whole images at a time, so that every activation stays in cache
             per = max(1, CHUNK_TOKENS // N)
             return torch.cat([self._forward(chunk, cls_only=cls_only)[0] for chunk in x.split(per)]), None
