@@ -187,6 +187,33 @@ def test_matches_reference(smoothing, use_sinkhorn, T):
     torch.testing.assert_close(p_new.grad, p_ref.grad)
 
 
+@pytest.mark.parametrize("sinkhorn_iters", [0, 3])
+@pytest.mark.parametrize("T", [0.25, 0.5])
+def test_terms_match_lightly(sinkhorn_iters, T):
+    """Term by term against a second MSN implementation (lightly's MSNLoss): the cross-entropy to the
+    sharpened (and Sinkhorn-balanced) targets, ME-MAX, and their sum with its gradients."""
+    lightly_msn = pytest.importorskip("lightly.loss.msn_loss")
+    a, t, p = rand_inputs(views=4, batch=6, k=7, d=5, seed=3)
+    ref = lightly_msn.MSNLoss(temperature=0.1, sinkhorn_iterations=sinkhorn_iters, regularization_weight=0.0)
+    ce_ref = ref(a, t, p, target_sharpen_temperature=T)
+    anchor_probs = lightly_msn.prototype_probabilities(
+        torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(p, dim=1), 0.1)
+    me_ref = ref.regularization_loss(anchor_probs.mean(0))
+    out = msn_loss(a, t, p, num_anchor_views=4, temperature=0.1, sharpen_T=T, me_max_weight=1.0,
+                   use_sinkhorn=sinkhorn_iters > 0, sinkhorn_iters=max(sinkhorn_iters, 1))
+    torch.testing.assert_close(out.ce, ce_ref)
+    torch.testing.assert_close(out.me_max, me_ref)
+    # the total and its gradients (lightly's default regularization weight 1 = our me_max_weight 1)
+    a1, p1 = a.clone().requires_grad_(), p.clone().requires_grad_()
+    a2, p2 = a.clone().requires_grad_(), p.clone().requires_grad_()
+    lightly_msn.MSNLoss(temperature=0.1, sinkhorn_iterations=sinkhorn_iters)(
+        a1, t, p1, target_sharpen_temperature=T).backward()
+    msn_loss(a2, t, p2, num_anchor_views=4, sharpen_T=T, use_sinkhorn=sinkhorn_iters > 0,
+             sinkhorn_iters=max(sinkhorn_iters, 1)).loss.backward()
+    torch.testing.assert_close(a2.grad, a1.grad)
+    torch.testing.assert_close(p2.grad, p1.grad)
+
+
 def test_float32_stable_where_naive_form_fails():
     # Very confident predictions underflow in float32; the log-softmax form stays finite.
     protos = torch.eye(4)
