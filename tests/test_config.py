@@ -70,6 +70,34 @@ def test_attributes_set_later_are_saved_as_in_transformers(tmp_path, ours, their
     assert "added" not in cfg.to_dict()
 
 
+@pytest.mark.parametrize("ours,theirs", [(ViTMSNConfig, "ViTMSNConfig"), (ViTConfig, "ViTConfig")])
+def test_attribute_writes_transformers_code_makes(tmp_path, ours, theirs):
+    """Writes transformers users make on a built config: num_labels (new default label names), id2label,
+    _attn_implementation (keyword and attribute), a torch dtype (saved by name), and copies that stay apart."""
+    import copy
+
+    cfgs = [ours(_attn_implementation="eager"), getattr(transformers, theirs)(_attn_implementation="eager")]
+    for cfg in cfgs:
+        cfg.num_labels = 5
+    ref = cfgs[1]
+    cfg = cfgs[0]
+    assert (cfg.attn_implementation, cfg._attn_implementation) == ("eager", ref._attn_implementation)
+    assert (cfg.num_labels, cfg.id2label, cfg.label2id) == (5, ref.id2label, ref.label2id)
+    cfg.id2label = ref.id2label = {0: "cat", 1: "dog", 2: "fox"}
+    assert cfg.num_labels == ref.num_labels == 3 and cfg.label2id == {"cat": 0, "dog": 1, "fox": 2}
+    cfg._attn_implementation = "sdpa"
+    assert cfg.attn_implementation == "sdpa"
+    cfg.dtype = torch.float16
+    cfg.my_key = 1
+    shallow = copy.copy(cfg)
+    shallow.my_key = 2
+    assert cfg.my_key == 1
+    cfg.save_pretrained(tmp_path)
+    back = getattr(transformers, theirs).from_pretrained(tmp_path)
+    assert back.dtype == torch.float16 and back.id2label == {0: "cat", 1: "dog", 2: "fox"}
+    assert ours.from_pretrained(tmp_path).num_labels == 3
+
+
 def test_read_only_settings_are_refused():
     """transformers refuses ``use_return_dict=`` as well (a property without a setter); saving it would
     make a config.json transformers cannot load."""

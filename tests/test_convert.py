@@ -200,8 +200,10 @@ def test_converting_again_replaces_only_with_overwrite(tmp_path):
     out = convert_msn_checkpoint(tmp_path / "ckpt.pth.tar", tmp_path / "out", keep_head=True, num_attention_heads=2)
     with pytest.raises(FileExistsError, match="not empty"):
         convert_msn_checkpoint(tmp_path / "ckpt.pth.tar", out, num_attention_heads=2)
+    (out / "processor_config.json").write_text('{"image_processor": {"size": {"height": 8, "width": 8}}}')
     convert_msn_checkpoint(tmp_path / "ckpt.pth.tar", out, num_attention_heads=2, overwrite=True)
     assert not (out / "msn_head.safetensors").exists() and not (out / "msn_head.json").exists()
+    assert not (out / "processor_config.json").exists()  # it would be read before the new preprocessor_config
     assert vitmsn.ViTMSNModel.from_pretrained(out).config.hidden_size == 32
 
 

@@ -18,6 +18,10 @@ from vitmsn.models import layers
 
 ATOL = 1e-5
 
+# the oneDNN path exists in torch builds with oneDNN and is on unless VITMSN_FAST_CPU=0
+pytestmark = pytest.mark.skipif(layers._LINEAR_POINTWISE is None or not layers._FAST_CPU,
+                                reason="no oneDNN fast path in this torch build, or VITMSN_FAST_CPU=0")
+
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):

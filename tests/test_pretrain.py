@@ -473,3 +473,14 @@ def test_bad_runs_and_checkpoints_are_one_clear_line_and_change_nothing(tmp_path
     assert "\n" not in str(e.value)
     torch.save({"step": 1, "model": {}, "optimizer": {}, "settings": {}}, run / "checkpoints" / "latest.pt")
     assert "is a fine-tuning checkpoint" in error("export", str(run), str(tmp_path / "m2"))
+
+
+def test_step_masks_depend_on_seed_and_step_only(tmp_path):
+    """The keep indices of a step are a function of (seed, step): the same for any device argument, other
+    for another step; a device may be given by name."""
+    from vitmsn.msn.train import mask_for_step
+
+    cfg = tiny_config(tmp_path)
+    a = mask_for_step(cfg, 3, 8, 16, torch.device("cpu"))
+    assert a.shape == (8, 12) and torch.equal(a, mask_for_step(cfg, 3, 8, 16, "cpu"))
+    assert not torch.equal(a, mask_for_step(cfg, 4, 8, 16, "cpu"))

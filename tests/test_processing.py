@@ -626,8 +626,9 @@ def test_nested_processor_config_first(tmp_path):
     (tmp_path / "processor_config.json").write_text(json.dumps(nested))
     for loader in (ViTImageProcessor, AutoImageProcessor, transformers.ViTImageProcessor):
         assert loader.from_pretrained(tmp_path).size == {"height": 40, "width": 40}, loader
-    (tmp_path / "processor_config.json").write_text(json.dumps({"processor_class": "SomeProcessor"}))
-    assert ViTImageProcessor.from_pretrained(tmp_path).size == {"height": 32, "width": 32}
+    for other in ({"processor_class": "SomeProcessor"}, [1, 2]):  # no image_processor entry: the other file
+        (tmp_path / "processor_config.json").write_text(json.dumps(other))
+        assert ViTImageProcessor.from_pretrained(tmp_path).size == {"height": 32, "width": 32}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -482,6 +482,7 @@ def _torch_dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 # what a model directory holds: the files written into one (and replaced, with overwrite=True)
 MODEL_FILES = (CONFIG, SAFE_WEIGHTS, SAFE_INDEX, PT_WEIGHTS, PT_INDEX, "preprocessor_config.json",
+               "processor_config.json",  # read before preprocessor_config.json: a stale one would win
                "msn_head.safetensors", "msn_head.json", "msn_pretrain.json")
 
 

@@ -42,9 +42,17 @@ def pair(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return (int(x[0]), int(x[1]))
 
 
+def _json_value(value: Any) -> Any:
+    """A torch dtype (``config.dtype = torch.float16``, as transformers code sets) as its name, as transformers
+    writes it; anything else unchanged."""
+    if type(value).__module__ == "torch" and type(value).__name__ == "dtype":
+        return str(value).removeprefix("torch.")
+    return value
+
+
 #: what each read-only property of a config follows (for the error when one is passed as a keyword)
 _DERIVED_FROM = {"use_return_dict": "return_dict", "grid_size": "image_size // patch_size",
-                 "num_patches": "the number of patches at image_size", "_attn_implementation": "attn_implementation"}
+                 "num_patches": "the number of patches at image_size"}
 
 
 def _keeps_unknown_keywords(cls: type) -> type:
@@ -55,6 +63,8 @@ def _keeps_unknown_keywords(cls: type) -> type:
     @functools.wraps(init)
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         names = {f.name for f in dataclasses.fields(cls)}
+        if "_attn_implementation" in kwargs:  # transformers' name
+            kwargs.setdefault("attn_implementation", kwargs.pop("_attn_implementation"))
         unknown = {k: kwargs.pop(k) for k in list(kwargs) if k not in names}
         read_only = sorted(k for k in unknown if isinstance(getattr(cls, k, None), property))
         if read_only:  # transformers raises too (its setattr meets a property without a setter)
@@ -111,6 +121,7 @@ class ViTConfig:
             self.pooler_output_size = self.hidden_size
         self._init_labels()
         self.validate()
+        self._built = True
 
     # ------------------------------------------------------------------ labels
     def _init_labels(self) -> None:
@@ -183,10 +194,28 @@ class ViTConfig:
     def __setattr__(self, name: str, value: Any) -> None:
         # a public name that is neither a field nor a class attribute lives in ``extra``, so that it is saved
         # (as transformers saves every attribute set on a config)
-        if name.startswith("_") or name in self.__dataclass_fields__ or hasattr(type(self), name):
+        if name == "_attn_implementation":  # transformers' name
+            name = "attn_implementation"
+        built = self.__dict__.get("_built", False)  # after __post_init__: the labels are consistent
+        if built and name == "num_labels" and value is not None and int(value) != len(self.id2label):
+            # as transformers: another number of labels means new default names
+            object.__setattr__(self, "num_labels", int(value))
+            self.id2label = {i: f"LABEL_{i}" for i in range(int(value))}
+        elif built and name == "id2label" and value is not None:
+            value = {int(k): str(v) for k, v in value.items()}
+            object.__setattr__(self, "id2label", value)
+            object.__setattr__(self, "num_labels", len(value))
+            object.__setattr__(self, "label2id", {v: k for k, v in value.items()})
+        elif name.startswith("_") or name in self.__dataclass_fields__ or hasattr(type(self), name):
             object.__setattr__(self, name, value)
         else:
             self.extra[name] = value
+
+    def __copy__(self) -> ViTConfig:  # a copy has its own ``extra`` (attribute writes go there)
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.__dict__["extra"] = dict(self.extra)
+        return new
 
     def __delattr__(self, name: str) -> None:
         extra = self.__dict__.get("extra")
@@ -218,7 +247,10 @@ class ViTConfig:
     # ------------------------------------------------------------------- I/O
     def to_dict(self) -> dict[str, Any]:
         """The config.json dictionary, in transformers' format (string keys in ``id2label``)."""
-        out: dict[str, Any] = dict(self.extra)
+        out: dict[str, Any] = {k: _json_value(v) for k, v in self.extra.items()}
+        dtype = out.pop("dtype", None)  # transformers 5's name; config.json keeps torch_dtype, which both read
+        if dtype is not None:
+            out.setdefault("torch_dtype", dtype)
         for f in dataclasses.fields(self):
             if f.name in ("extra", "attn_implementation", "output_attentions", "output_hidden_states", "return_dict"):
                 continue

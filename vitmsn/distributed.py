@@ -96,10 +96,11 @@ def barrier() -> None:
         dist.barrier()
 
 
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """A CPU tensor on ``device`` without making the host wait for the GPU: to a GPU the copy goes through
     pinned memory and is queued behind the GPU's work, where a copy from pageable memory waits for all of it
     first (PyTorch keeps the pinned block until the copy is done)."""
+    device = torch.device(device)
     if device.type != "cuda" or t.device.type != "cpu":
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)

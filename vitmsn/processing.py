@@ -1046,7 +1046,11 @@ def load_processor_config(
            "local_files_only": local_files_only, "force_download": force_download}
     nested = resolve_file(path_or_id, prefix + NESTED_PROCESSOR_CONFIG_NAME, missing_ok=True, **hub)
     if nested is not None:
-        settings = _load_json(nested).get("image_processor")
+        try:
+            data = json.loads(nested.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{str(nested)!r} is not valid JSON: {err}") from None
+        settings = data.get("image_processor") if isinstance(data, dict) else None
         if isinstance(settings, dict):
             return settings
     path = resolve_file(path_or_id, prefix + filename, **hub)
