@@ -389,3 +389,72 @@ def test_cli_list_options_name_what_they_expect(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--min-lr", "nan", "min_lr must be a number in [0, lr="),
+    ("--min-lr", "0.5", "min_lr must be a number in [0, lr="),  # above --lr
+    ("--clip-grad", "-1", "clip_grad must be a number > 0"),
+    ("--weight-decay", "-1", "weight_decay must be a number >= 0"),
+    ("--lr", "inf", "lr must be a number > 0"),
+])
+def test_cli_finetune_refuses_numbers_that_would_train_nonsense(model_dir, data_dir, tmp_path, capsys, option,
+                                                                 value, message):
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", str(model_dir), "--data", str(data_dir), "--out", str(out), "--lr", "1e-3",
+                 option, value, "--no-progress", "--no-tensorboard", "--device", "cpu"]) == 2  # fmt: skip
+    _one_error_line(capsys, message)
+    assert not out.exists()  # refused before anything was written
+
+
+def test_finetune_needs_two_classes(model_dir, tmp_path):
+    write_images(tmp_path / "one" / "val", per_class=4, seed=1)  # only val/: its colour folders are no classes
+    (tmp_path / "single" / "red").mkdir(parents=True)
+    for i in range(4):
+        Image.new("RGB", (24, 24), (200, 40, 40)).save(tmp_path / "single" / "red" / f"{i}.png")
+    with pytest.raises(ValueError, match=r"1 class folder \(val\).*needs a train/ beside it"):
+        load_labelled_data(tmp_path / "one")
+    with pytest.raises(ValueError, match=r"1 class folder \(red\): a classifier needs at least two"):
+        finetune(str(model_dir), str(tmp_path / "single"), tmp_path / "ft", epochs=1, **FAST)
+
+
+def test_cli_predict_names_a_foreign_model_type(tmp_path, capsys):
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    Image.new("RGB", (24, 24)).save(tmp_path / "x.png")
+    assert main(["predict", "--model", str(tmp_path / "bert"), str(tmp_path / "x.png")]) == 2
+    _one_error_line(capsys, "is a 'bert' model; vitmsn reads 'vit' and 'vit_msn' models")
+
+
+@pytest.mark.parametrize("device,message", [("xpu", "vitmsn runs on cpu, cuda or cuda:N"),
+                                            ("meta", "vitmsn runs on cpu, cuda or cuda:N"),
+                                            ("mps", "no Apple GPU (mps) is available here")])
+def test_cli_unsupported_devices_are_one_line(finetuned, data_dir, capsys, device, message):
+    import torch.backends.mps
+
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has an Apple GPU")
+    image = next((data_dir / "red").glob("*.png"))
+    assert main(["predict", "--model", str(finetuned / "best"), str(image), "--device", device]) == 2
+    _one_error_line(capsys, message)
+
+
+def test_cli_dead_data_loader_worker_is_one_line(monkeypatch, capsys):
+    import vitmsn.cli as cli
+
+    def dies(args):
+        raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")
+
+    parser = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser(), dies))
+    assert main(["info", "--model", "m"]) == 2
+    _one_error_line(capsys, "DataLoader worker (pid 4242)", "out of memory", "--resume")
+
+
+def _with_func(parser, func):
+    """The parser, with every subcommand calling ``func``."""
+    parser.set_defaults(func=func)
+    for action in parser._subparsers._group_actions:
+        for sub in action.choices.values():
+            sub.set_defaults(func=func)
+    return parser

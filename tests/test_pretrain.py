@@ -261,7 +261,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
             return Image.fromarray(np.full((32, 32, 3), 255, np.uint8)), 0
 
     cfg = tiny_config(tmp_path / "nan", max_steps=3, mean=(0.0,) * 3, std=(1e-30,) * 3)  # inf pixels
-    with pytest.raises(NonFiniteLossError, match="no checkpoint was written before it: start again with a lower"):
+    with pytest.raises(NonFiniteLossError, match="no checkpoint was written before it: start the run again with a lower"):
         pretrain(cfg, device="cpu", progress=False, dataset=Bad())
 
 
@@ -484,3 +484,39 @@ def test_step_masks_depend_on_seed_and_step_only(tmp_path):
     a = mask_for_step(cfg, 3, 8, 16, torch.device("cpu"))
     assert a.shape == (8, 12) and torch.equal(a, mask_for_step(cfg, 3, 8, 16, "cpu"))
     assert not torch.equal(a, mask_for_step(cfg, 4, 8, 16, "cpu"))
+
+
+def test_cli_image_folder_with_the_fashion_mnist_preset(tmp_path, capsys, monkeypatch):
+    """Photos passed to the default (fashion-mnist) preset: one line saying what to do, and nothing is
+    downloaded into the photo folder."""
+    from vitmsn.cli import main
+    from vitmsn.data import fashion_mnist
+
+    monkeypatch.setattr(fashion_mnist, "_download", lambda *a, **k: pytest.fail("tried to download"))
+    (tmp_path / "photos" / "trip").mkdir(parents=True)
+    Shapes(n=2)[0][0].save(tmp_path / "photos" / "trip" / "a.jpg")
+    assert main(["pretrain", "--data", str(tmp_path / "photos"), "--out", str(tmp_path / "run"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "holds image files" in err and "--set dataset=folder" in err and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "photos").rglob("*")) == ["a.jpg", "trip"]
+
+
+def test_cli_resume_of_a_folder_that_is_no_run(tmp_path, capsys):
+    from vitmsn.cli import main
+
+    (tmp_path / "other").mkdir()
+    assert main(["pretrain", "--resume", "--out", str(tmp_path / "other")]) == 2
+    assert "is not a pretraining run folder" in capsys.readouterr().err
+    assert main(["pretrain", "--resume"]) == 2
+    assert "--resume needs --out RUN_DIR" in capsys.readouterr().err
+
+
+def test_max_steps_stop_says_how_to_continue(tmp_path, caplog):
+    from vitmsn.msn.train import pretrain
+
+    cfg = tiny_config(tmp_path / "run", max_steps=2)
+    with caplog.at_level("INFO", logger="vitmsn"):
+        pretrain(cfg, device="cpu", progress=False, dataset=Shapes())
+    assert "stopped at step 2 of" in caplog.text and "--resume --out" in caplog.text
+    assert "--set max_steps=0" in caplog.text

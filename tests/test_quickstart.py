@@ -112,7 +112,9 @@ def test_lowshot_settings_and_unreadable_test_images(tmp_path, capsys, caplog):
     model, data = _tiny_model_and_folders(tmp_path)
     base = ["lowshot", "--model", str(model), "--data", str(data), "--shots", "1", "--no-progress"]
     for extra, message in ((["--splits", "0"], "--splits must be >= 1"), (["--knn", "0"], "--knn must be >= 1"),
-                           (["--batch-size", "0"], "--batch-size must be >= 1")):
+                           (["--batch-size", "0"], "--batch-size must be >= 1"),
+                           (["--shots", "5"], "--shots 5 needs 5 training images per class; these classes have "
+                                              "fewer: 'a' (4), 'b' (4)")):
         assert main([*base, *extra]) == 2, extra
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err

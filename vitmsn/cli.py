@@ -77,9 +77,12 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     if args.resume and args.init:
         raise UserError("--init starts a new run from a model and --resume continues a run: give one of them")
     if args.resume and args.preset is None and args.config is None:
-        run = Path(args.out or "")
-        if not (run / "config.json").exists():
+        if not args.out:
             raise UserError("--resume needs --out RUN_DIR (the run folder to continue)")
+        run = Path(args.out)
+        if not (run / "config.json").exists():
+            raise UserError(f"{run} is not a pretraining run folder (it has no config.json of vitmsn pretrain) "
+                            "to resume")
         cfg = PretrainConfig.load(run / "config.json")
     elif args.config:
         cfg = PretrainConfig.load(args.config)
@@ -143,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--preset", help="fashion-mnist (default), vit-small/16, vit-base/16, vit-large/16, "
                                      "vit-base/4, vit-large/7")
     sp.add_argument("--config", help="a config.json of an earlier run to start from")
-    sp.add_argument("--data", help="image folder, or the folder of the Fashion-MNIST IDX files")
+    sp.add_argument("--data", help="an image folder (presets vit-*, or --set dataset=folder), or the folder of "
+                                   "the Fashion-MNIST IDX files (preset fashion-mnist, the default)")
     sp.add_argument("--out", help="run folder (default: runs/<preset>, e.g. runs/vit-small-16)")
     sp.add_argument("--epochs", type=int, help="number of epochs (same as --set epochs=N)")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a setting (repeatable)")
@@ -190,6 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        if "DataLoader worker" not in str(e) or args.verbose:
+            raise
+        # a worker killed from outside, most often by the kernel when memory ran out
+        print(f"vitmsn {args.command}: error: {e} (often: out of memory; lower num_workers or the batch size; "
+              "a pretraining or fine-tuning run continues from its last checkpoint with --resume)", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -51,6 +51,13 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``device``, or CUDA when there is a GPU and the CPU when not. A GPU comes back with its index and
     becomes the current one, so that everything else (pinned-memory copies, new tensors) goes to it too."""
     dev = _parse_device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "mps":  # Apple GPUs: untested here, but nothing in vitmsn is CUDA-only outside DDP
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device {device!r}: no Apple GPU (mps) is available here; use cpu")
+        return dev
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: vitmsn runs on cpu, cuda or cuda:N (and mps on a Mac)")
     if dev.type != "cuda":
         return dev
     if not torch.cuda.is_available():

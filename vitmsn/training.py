@@ -218,8 +218,10 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
-def non_finite_advice(checkpoint: Path, lower_lr: str) -> str:
-    """What to do after a non-finite loss, given the run's latest checkpoint (which may not exist yet)."""
+def non_finite_advice(checkpoint: Path, resume_lower_lr: str, restart_lower_lr: str) -> str:
+    """What to do after a non-finite loss, given the run's latest checkpoint (which may not exist yet):
+    resume from it with a lower learning rate, or, with no checkpoint, start the run again with one."""
     if Path(checkpoint).exists():
-        return f"the last good checkpoint is {checkpoint}: resume from it with {lower_lr} (or bf16 off)"
-    return f"no checkpoint was written before it: start again with {lower_lr} (or bf16 off)"
+        return (f"the last checkpoint is {checkpoint}: resume from it with {resume_lower_lr} (or bf16 off); "
+                "if the loss breaks down again at once, the weights were already damaged there: start again")
+    return f"no checkpoint was written before it: start the run again with {restart_lower_lr} (or bf16 off)"

@@ -164,9 +164,9 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--batch-size", type=int, help=f"images per step (default {d['batch_size']})")
     sp.add_argument("--lr", type=float, help=f"peak learning rate (default {d['lr']})")
     sp.add_argument(
-        "--min-lr", type=float, help=f"learning rate at the end of the cosine (default {d['min_lr']})"
+        "--min-lr", type=float, help=f"learning rate at the end of the cosine, from 0 to --lr (default {d['min_lr']})"
     )
-    sp.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {d['weight_decay']})")
+    sp.add_argument("--weight-decay", type=float, help=f"AdamW weight decay, >= 0 (default {d['weight_decay']})")
     sp.add_argument("--warmup-epochs", type=float, help=f"linear warm-up (default {d['warmup_epochs']})")
     sp.add_argument(
         "--label-smoothing",
@@ -184,7 +184,7 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
                          f"{d['val_fraction']}; 0: no validation, OUT/best is the last epoch)")  # fmt: skip
     sp.add_argument("--val-data", metavar="DIR", help="a validation folder with the same class sub-folders")
     sp.add_argument("--data-root", help="where the Fashion-MNIST files are (default: the usual places)")
-    sp.add_argument("--clip-grad", type=float, help="clip the gradient norm (default: off)")
+    sp.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value, > 0 (default: off)")
     sp.add_argument(
         "--max-steps", type=int, help="stop after this many steps (resumable; default: all epochs)"
     )

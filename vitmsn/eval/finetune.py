@@ -127,9 +127,12 @@ def load_labelled_data(
     has_val = any((base / n).is_dir() for n in ("val", "test"))
     if val_data is None and (base / "train").is_dir() and has_val:
         train, val, classes = labelled_splits(str(base))
+        _need_two_classes(base / "train", classes)
         return LabelledData(train, drop_unreadable(val), classes)  # evaluation: each readable image once
     full = ImageFolderDataset(base / "train" if (base / "train").is_dir() else base, labelled=True)
     classes = list(full.classes)
+    _need_two_classes(full.root, classes, " (a folder with val/ or test/ needs a train/ beside it)"
+                      if has_val and not (base / "train").is_dir() else "")
     if val_data is not None:
         val = ImageFolderDataset(val_data, labelled=True)
         if list(val.classes) != classes:
@@ -150,6 +153,12 @@ def load_labelled_data(
         )
     val = drop_unreadable(Subset(full, val_idx.tolist()))  # evaluation: each readable image once
     return LabelledData(Subset(full, train_idx.tolist()), val, classes)
+
+
+def _need_two_classes(root: Path, classes: list[str], hint: str = "") -> None:
+    if len(classes) < 2:
+        raise ValueError(f"{root} has {len(classes)} class folder ({', '.join(classes)}): a classifier needs at "
+                         f"least two{hint}")
 
 
 class _Rescale:
@@ -422,8 +431,17 @@ def finetune(
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
         raise ValueError(f"crop_scale must be (lo, hi) with 0 < lo <= hi <= 1, got {tuple(crop_scale)}")
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+    finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
+    if not (finite(lr) and lr > 0):
+        raise ValueError(f"lr must be a number > 0, got {lr}")
+    if not (finite(min_lr) and 0 <= min_lr <= lr):
+        raise ValueError(f"min_lr must be a number in [0, lr={lr}], got {min_lr}")
+    if not (finite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay}")
+    if not (finite(warmup_epochs) and warmup_epochs >= 0):
+        raise ValueError(f"warmup_epochs must be a number >= 0, got {warmup_epochs}")
+    if clip_grad is not None and not (finite(clip_grad) and clip_grad >= 0):
+        raise ValueError(f"clip_grad must be a number > 0 (0 or unset: off), got {clip_grad}")
     out = Path(out)
     settings = {
         "model": str(model), "data": str(data), "epochs": epochs, "batch_size": batch_size, "lr": lr,
@@ -533,7 +551,8 @@ def finetune(
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
                     raise NonFiniteLossError(f"the loss became {loss_value} at step {step}; " + non_finite_advice(
-                        out / "checkpoints" / LATEST, "a lower learning rate (--resume --lr ...)"))
+                        out / "checkpoints" / LATEST, "a lower learning rate (--resume --lr ...)",
+                        "a lower learning rate (the same command with --lr ..., without --resume)"))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = (

@@ -78,6 +78,9 @@ def load_classifier(
 
     data = load_config_dict(model)
     arch = (data.get("architectures") or [None])[0]
+    if data.get("model_type") not in ("vit", "vit_msn"):
+        raise ValueError(f"{model} is a {data.get('model_type', 'model without model_type')!r} model; vitmsn reads "
+                         "'vit' and 'vit_msn' models")
     if arch is None or "ForImageClassification" not in arch or arch not in MODEL_CLASSES:
         raise ValueError(
             f"{model} is a {arch or data.get('model_type', 'model')} without a trained classifier: fine-tune it "

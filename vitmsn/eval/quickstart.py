@@ -60,6 +60,28 @@ class _Subset(torch.utils.data.Dataset):
         return self.base[int(self.indices[i])]
 
 
+def _labels_of(dataset: Any) -> np.ndarray | None:
+    """The labels of a data set without reading its images, where it has them (``targets``)."""
+    if isinstance(dataset, _Subset):
+        base = _labels_of(dataset.base)
+        return None if base is None else base[dataset.indices]
+    targets = getattr(dataset, "targets", None)
+    return None if targets is None else np.asarray(targets)
+
+
+def _check_shots(train: Any, shots: list[int], classes: list[str]) -> None:
+    """Each class needs ``max(shots)`` labelled images: say which one has too few, by name."""
+    labels = _labels_of(train)
+    if labels is None or not shots:
+        return
+    counts = np.bincount(labels[labels >= 0], minlength=len(classes))
+    short = [(classes[c], int(n)) for c, n in enumerate(counts) if n < max(shots)]
+    if short:
+        names = ", ".join(f"{name!r} ({n})" for name, n in short[:8]) + (" ..." if len(short) > 8 else "")
+        raise ValueError(f"--shots {max(shots)} needs {max(shots)} training images per class; these classes have "
+                         f"fewer: {names}")
+
+
 def _first(dataset: Any, n: int | None) -> Any:
     if n is None or n >= len(dataset):
         return dataset
@@ -89,6 +111,7 @@ def run_lowshot(model: str, data: str, *, shots: list[int], splits: int, percent
     lowshot.check_settings(splits=splits, knn_k=knn_k, batch_size=batch_size)  # before minutes of features
     train, test, classes = labelled_splits(data, root=data_root)
     train, test = _first(train, max_train), _first(test, max_test)
+    _check_shots(train, shots, classes)  # before minutes of features
     backbone, processor = load_backbone(model, device=resolve_device(device))
     tx, ty = extract_features(backbone, train, processor, pool=pool, batch_size=batch_size, progress=progress,
                               desc="train features")

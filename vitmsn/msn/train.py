@@ -63,14 +63,35 @@ _RESUMABLE_CHANGES = {"out", "num_workers", "log_every", "max_steps", "checkpoin
 def build_dataset(cfg: PretrainConfig) -> Dataset:
     """Unlabelled images: an image folder (recursive, corrupt files skipped) or Fashion-MNIST."""
     if cfg.dataset == "fashion-mnist":
-        from vitmsn.data.fashion_mnist import FashionMNIST
+        from vitmsn.data.fashion_mnist import FashionMNIST, _find_split
 
+        if cfg.data is not None and _find_split(Path(cfg.data), "train", []) is None and _holds_images(cfg.data):
+            # not a Fashion-MNIST folder: say so before anything is downloaded into the user's folder
+            raise ValueError(
+                f"{cfg.data} holds image files, but dataset=fashion-mnist (the fashion-mnist preset) reads "
+                "Fashion-MNIST's IDX files: for your own images add --set dataset=folder, or take a preset "
+                "made for them (e.g. --preset vit-small/16; see vitmsn pretrain --help)")
         return FashionMNIST("train", root=cfg.data)
     from vitmsn.data.folder import ImageFolderDataset
 
     if cfg.data is None:
         raise ValueError("an image folder is needed: pass --data DIR (or choose the fashion-mnist preset)")
     return ImageFolderDataset(cfg.data, labelled=False)
+
+
+def _holds_images(folder: str | os.PathLike, look_at: int = 2000) -> bool:
+    """Whether an image file is among the first ``look_at`` files under ``folder`` (recursive)."""
+    from vitmsn.data.folder import IMAGE_EXTENSIONS
+
+    seen = 0
+    for _, _, files in os.walk(folder):
+        for name in files:
+            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                return True
+            seen += 1
+            if seen >= look_at:
+                return False
+    return False
 
 
 def build_views(cfg: PretrainConfig):
@@ -385,7 +406,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
     sampler = GlobalBatchSampler(len(images), b, seed=cfg.seed, rank=dist.rank(), world_size=W)
     loader = build_loader(cfg, images, sampler, dev)
     steps_per_epoch = sampler.batches_per_epoch
-    total_steps = steps_per_epoch * cfg.epochs
+    run_steps = total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
     sched = schedules(cfg, steps_per_epoch)
@@ -422,7 +443,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
                                      amp=amp)
                 except NonFiniteLossError as e:
                     raise NonFiniteLossError(f"{e}; " + non_finite_advice(
-                        ckpt_dir / LATEST, "a lower learning rate (--resume --set lr=...)")) from None
+                        ckpt_dir / LATEST, "a lower learning rate (--resume --set lr=...)",
+                        "a lower learning rate (the same command with --set lr=..., without --resume)")) from None
 
                 # -- logs, progress, checkpoints; the metrics are read from the device on logging steps only
                 seen += b * W
@@ -456,7 +478,11 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
         if skipped:
             logger.warning("%d images drawn were unreadable and replaced by the next readable one (see the "
                            "warnings above for their paths)", skipped)
-        logger.info("pretraining finished after %d steps; run folder %s", state.step, out)
+        if state.step < run_steps:
+            logger.info("pretraining stopped at step %d of %d (max_steps=%d); continue with: vitmsn pretrain "
+                        "--resume --out %s --set max_steps=0", state.step, run_steps, cfg.max_steps, out)
+        else:
+            logger.info("pretraining finished after %d steps; run folder %s", state.step, out)
     return out
 
 
