@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -363,3 +364,69 @@ def test_loading_info_of_a_resized_classifier_and_output_rebuilt_from_items(tmp_
     out = ours(torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 4]))
     rebuilt = type(out)({k: v for k, v in out.items()})  # what tools mapping over dicts do
     assert rebuilt.logits is out.logits and rebuilt.loss is out.loss and list(rebuilt) == list(out)
+
+
+class _FakeHub:
+    """Stands in for huggingface_hub.HfApi (no network here): records the calls and the uploaded files."""
+
+    calls: list = []
+
+    def __init__(self, token=None):
+        self.token = token
+
+    def create_repo(self, repo_id, private=None, exist_ok=False, repo_type=None):
+        self.calls.append(("create_repo", repo_id, private, exist_ok))
+
+    def upload_folder(self, repo_id, folder_path, repo_type=None, revision=None, commit_message=None,
+                      create_pr=False):
+        import transformers
+
+        files = sorted(p.name for p in Path(folder_path).iterdir())
+        loaded = (transformers.ViTImageProcessor if files == ["preprocessor_config.json"]
+                  else transformers.ViTMSNModel).from_pretrained(folder_path)  # what the Hub would serve
+        self.calls.append(("upload_folder", repo_id, files, commit_message, self.token, type(loaded).__name__))
+        return f"https://huggingface.co/{repo_id}/commit/0"
+
+
+def test_push_to_hub_uploads_what_transformers_loads(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "HfApi", _FakeHub)
+    _FakeHub.calls = []
+    model = vitmsn.ViTMSNModel(vitmsn.ViTMSNConfig(**TINY))
+    assert model.push_to_hub("me/tiny", commit_message="first", token="t") == "https://huggingface.co/me/tiny/commit/0"
+    model.save_pretrained(tmp_path / "tiny-msn", push_to_hub=True, private=True)
+    vitmsn.ViTImageProcessor(size=32).save_pretrained(tmp_path / "proc", push_to_hub=True, repo_id="me/proc")
+    assert _FakeHub.calls == [
+        ("create_repo", "me/tiny", None, True),
+        ("upload_folder", "me/tiny", ["config.json", "model.safetensors"], "first", "t", "ViTMSNModel"),
+        ("create_repo", "tiny-msn", True, True),
+        ("upload_folder", "tiny-msn", ["config.json", "model.safetensors"], "Upload with vitmsn", None, "ViTMSNModel"),
+        ("create_repo", "me/proc", None, True),
+        ("upload_folder", "me/proc", ["preprocessor_config.json"], "Upload with vitmsn", None, "ViTImageProcessor"),
+    ]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="Hub access is disabled"):
+        model.push_to_hub("me/tiny")
+
+
+def test_transformers_model_conveniences(tmp_path_factory):
+    import transformers
+
+    _, path = save_hf(tmp_path_factory, "ViTMSNModel", "ViTMSNConfig")
+    ours = vitmsn.ViTMSNForImageClassification.from_pretrained(path)
+    ref = transformers.ViTMSNForImageClassification.from_pretrained(path)
+    assert ours.name_or_path == ref.name_or_path == str(path)
+    assert ours.base_model is ours.vit and ours.supports_gradient_checkpointing
+    assert ours.get_memory_footprint() == ref.get_memory_footprint()
+    emb = ours.get_input_embeddings()
+    assert emb.proj.weight.shape == ref.get_input_embeddings().projection.weight.shape
+    for p in ours.parameters():
+        p.requires_grad_(False)
+    ours.enable_input_require_grads()
+    assert ours(torch.randn(1, 3, 32, 32)).logits.requires_grad  # through frozen weights, from the embedding
+    ours.disable_input_require_grads()
+    assert not ours(torch.randn(1, 3, 32, 32)).logits.requires_grad

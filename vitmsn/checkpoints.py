@@ -468,6 +468,7 @@ def load_pretrained(cls: type, path_or_id: str | os.PathLike, *model_args: Any, 
         model.to(device_map if isinstance(device_map, (str, torch.device)) and device_map != "auto"
                  else ("cuda" if torch.cuda.is_available() else "cpu"))
     model.eval()
+    model.config._name_or_path = str(path_or_id)  # not saved (as transformers: model.name_or_path)
     return (model, info) if output_loading_info else model
 
 

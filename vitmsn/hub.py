@@ -9,9 +9,11 @@ import), so setting them after import works as expected.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["LOADER_ONLY_KWARGS", "is_offline", "resolve_file"]
+__all__ = ["LOADER_ONLY_KWARGS", "is_offline", "push_options", "push_to_hub", "resolve_file"]
 
 #: from_pretrained keywords of transformers that change nothing in vitmsn (PyTorch weights loaded on the CPU,
 #: no remote code, proxies from the environment); the model and processor loaders accept and drop them, so
@@ -153,3 +155,27 @@ def resolve_file(
         if missing_ok:
             return None
         raise FileNotFoundError(f"Hub repository {repo_id!r} has no file named {filename!r}.") from err
+
+
+def push_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The keywords of :func:`push_to_hub` among a ``save_pretrained(..., push_to_hub=True, **kwargs)`` call's."""
+    return {k: kwargs[k] for k in ("commit_message", "private", "token", "revision", "create_pr") if k in kwargs}
+
+
+def push_to_hub(save: Callable[[str], Any], repo_id: str, *, commit_message: str | None = None,
+                private: bool | None = None, token: str | bool | None = None, revision: str | None = None,
+                create_pr: bool = False) -> Any:
+    """Upload what ``save(folder)`` writes into a temporary folder to the Hub repository ``repo_id`` (created
+    if it does not exist), as transformers' ``push_to_hub``; returns ``huggingface_hub``'s commit info."""
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    if is_offline():
+        raise OSError(f"cannot push to {repo_id}: Hub access is disabled (HF_HUB_OFFLINE)")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    with tempfile.TemporaryDirectory() as folder:
+        save(folder)
+        return api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model", revision=revision,
+                                 commit_message=commit_message or "Upload with vitmsn", create_pr=create_pr)

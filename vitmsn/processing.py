@@ -869,15 +869,31 @@ class ViTImageProcessor:
     def to_json_file(self, path: str | os.PathLike[str]) -> None:
         Path(path).write_text(self.to_json_string(), encoding="utf-8")
 
-    def save_pretrained(self, save_directory: str | os.PathLike[str], **kwargs: Any) -> list[str]:
-        """Write ``preprocessor_config.json`` into ``save_directory`` (created if needed)."""
+    def save_pretrained(self, save_directory: str | os.PathLike[str], push_to_hub: bool = False,
+                        **kwargs: Any) -> list[str]:
+        """Write ``preprocessor_config.json`` into ``save_directory`` (created if needed); with
+        ``push_to_hub``, also upload it (to ``repo_id``, default the folder's name)."""
         directory = Path(save_directory)
         if directory.is_file():
             raise ValueError(f"save_pretrained expects a directory, got the file {str(directory)!r}.")
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / PROCESSOR_CONFIG_NAME
         self.to_json_file(path)
+        if push_to_hub:
+            from vitmsn.hub import push_options
+
+            hub = push_options(kwargs)
+            self.push_to_hub(kwargs.get("repo_id", directory.name), **hub)
         return [str(path)]
+
+    def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, private: bool | None = None,
+                    token: str | bool | None = None, revision: str | None = None, create_pr: bool = False,
+                    **kwargs: Any) -> Any:
+        """Upload ``preprocessor_config.json`` to the Hub repository ``repo_id`` (created if needed)."""
+        from vitmsn.hub import push_to_hub
+
+        return push_to_hub(self.save_pretrained, repo_id, commit_message=commit_message, private=private,
+                           token=token, revision=revision, create_pr=create_pr)
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any], **overrides: Any) -> ViTImageProcessor:

@@ -103,6 +103,7 @@ class PreTrainedModel(nn.Module):
     config_class: type[ViTConfig] = ViTConfig
     base_model_prefix = "vit"
     main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
 
     config: ViTConfig
 
@@ -118,6 +119,35 @@ class PreTrainedModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
+
+    @property
+    def base_model(self) -> nn.Module:
+        return getattr(self, self.base_model_prefix, self)
+
+    @property
+    def name_or_path(self) -> str:
+        """What ``from_pretrained`` loaded this model from ("" for a model built here)."""
+        return self.config.__dict__.get("_name_or_path", "")
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch embedding (transformers' ``embeddings.patch_embeddings``)."""
+        return self.backbone.patch_embed
+
+    def get_memory_footprint(self, return_buffers: bool = True) -> int:
+        """Bytes held by the parameters (and buffers)."""
+        tensors = [*self.parameters(), *(self.buffers() if return_buffers else ())]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def enable_input_require_grads(self) -> None:
+        """Make the patch embedding's output require grad (for gradient checkpointing with frozen embeddings,
+        as adapters do)."""
+        self._input_grads_hook = self.get_input_embeddings().register_forward_hook(
+            lambda module, inputs, output: output.requires_grad_(True))
+
+    def disable_input_require_grads(self) -> None:
+        hook = self.__dict__.pop("_input_grads_hook", None)
+        if hook is not None:
+            hook.remove()
 
     def _check_config(self, config: ViTConfig) -> ViTConfig:
         if not isinstance(config, ViTConfig):
@@ -203,11 +233,29 @@ class PreTrainedModel(nn.Module):
         )
 
     def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True,
-                        **kwargs: Any) -> Path:
-        """Write config.json and model.safetensors in transformers' classic layout."""
+                        push_to_hub: bool = False, **kwargs: Any) -> Path:
+        """Write config.json and model.safetensors in transformers' classic layout; with ``push_to_hub``,
+        also upload them (to ``repo_id``, default the folder's name; ``token``, ``private``, ...)."""
         from vitmsn.checkpoints import save_pretrained
 
-        return save_pretrained(self, save_directory, safe_serialization=safe_serialization)
+        path = save_pretrained(self, save_directory, safe_serialization=safe_serialization)
+        if push_to_hub:
+            from vitmsn.hub import push_options
+
+            hub = push_options(kwargs)
+            self.push_to_hub(kwargs.get("repo_id", Path(save_directory).name), **hub)
+        return path
+
+    def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, private: bool | None = None,
+                    token: str | bool | None = None, revision: str | None = None, create_pr: bool = False,
+                    safe_serialization: bool = True, **kwargs: Any) -> Any:
+        """Upload the model (``save_pretrained``'s files) to the Hub repository ``repo_id``, creating it if
+        needed; returns huggingface_hub's commit info."""
+        from vitmsn.hub import push_to_hub
+
+        return push_to_hub(lambda d: self.save_pretrained(d, safe_serialization=safe_serialization), repo_id,
+                           commit_message=commit_message, private=private, token=token, revision=revision,
+                           create_pr=create_pr)
 
     @classmethod
     def from_timm(cls, state_dict_or_model: dict[str, torch.Tensor] | nn.Module, config: ViTConfig | None = None,
