@@ -8,6 +8,7 @@ import pickle
 import shutil
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import pytest
 import torch
@@ -376,6 +377,10 @@ class _FakeHub:
 
     def create_repo(self, repo_id, private=None, exist_ok=False, repo_type=None):
         self.calls.append(("create_repo", repo_id, private, exist_ok))
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id if '/' in repo_id else 'me/' + repo_id}")
+
+    def create_branch(self, repo_id, branch, exist_ok=False, repo_type=None):
+        self.calls.append(("create_branch", repo_id, branch))
 
     def upload_folder(self, repo_id, folder_path, repo_type=None, revision=None, commit_message=None,
                       create_pr=False):
@@ -384,7 +389,8 @@ class _FakeHub:
         files = sorted(p.name for p in Path(folder_path).iterdir())
         loaded = (transformers.ViTImageProcessor if files == ["preprocessor_config.json"]
                   else transformers.ViTMSNModel).from_pretrained(folder_path)  # what the Hub would serve
-        self.calls.append(("upload_folder", repo_id, files, commit_message, self.token, type(loaded).__name__))
+        self.calls.append(("upload_folder", repo_id, files, commit_message, self.token, type(loaded).__name__,
+                           revision))
         return f"https://huggingface.co/{repo_id}/commit/0"
 
 
@@ -398,15 +404,19 @@ def test_push_to_hub_uploads_what_transformers_loads(tmp_path, monkeypatch):
     _FakeHub.calls = []
     model = vitmsn.ViTMSNModel(vitmsn.ViTMSNConfig(**TINY))
     assert model.push_to_hub("me/tiny", commit_message="first", token="t") == "https://huggingface.co/me/tiny/commit/0"
-    model.save_pretrained(tmp_path / "tiny-msn", push_to_hub=True, private=True)
+    model.save_pretrained(tmp_path / "tiny-msn", push_to_hub=True, private=True, safe_serialization=False,
+                          revision="dev")
     vitmsn.ViTImageProcessor(size=32).save_pretrained(tmp_path / "proc", push_to_hub=True, repo_id="me/proc")
     assert _FakeHub.calls == [
         ("create_repo", "me/tiny", None, True),
-        ("upload_folder", "me/tiny", ["config.json", "model.safetensors"], "first", "t", "ViTMSNModel"),
-        ("create_repo", "tiny-msn", True, True),
-        ("upload_folder", "tiny-msn", ["config.json", "model.safetensors"], "Upload with vitmsn", None, "ViTMSNModel"),
+        ("upload_folder", "me/tiny", ["config.json", "model.safetensors"], "first", "t", "ViTMSNModel", None),
+        ("create_repo", "tiny-msn", True, True),  # the Hub adds the user's namespace; the upload goes there
+        ("create_branch", "me/tiny-msn", "dev"),
+        ("upload_folder", "me/tiny-msn", ["config.json", "pytorch_model.bin"], "Upload with vitmsn", None,
+         "ViTMSNModel", "dev"),  # what was saved locally
         ("create_repo", "me/proc", None, True),
-        ("upload_folder", "me/proc", ["preprocessor_config.json"], "Upload with vitmsn", None, "ViTImageProcessor"),
+        ("upload_folder", "me/proc", ["preprocessor_config.json"], "Upload with vitmsn", None, "ViTImageProcessor",
+         None),
     ]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match="Hub access is disabled"):

@@ -392,8 +392,8 @@ def test_cli_list_options_name_what_they_expect(argv, message, capsys):
 
 
 @pytest.mark.parametrize("option,value,message", [
-    ("--min-lr", "nan", "min_lr must be a number in [0, lr="),
-    ("--min-lr", "0.5", "min_lr must be a number in [0, lr="),  # above --lr
+    ("--min-lr", "nan", "min_lr must be a number >= 0"),
+    ("--min-lr", "0.5", "is above lr (0.001): pass a lower --min-lr"),
     ("--clip-grad", "-1", "clip_grad must be a number > 0"),
     ("--weight-decay", "-1", "weight_decay must be a number >= 0"),
     ("--lr", "inf", "lr must be a number > 0"),
@@ -458,3 +458,10 @@ def _with_func(parser, func):
         for sub in action.choices.values():
             sub.set_defaults(func=func)
     return parser
+
+
+def test_finetune_takes_numpy_numbers(model_dir, tmp_path):
+    """numpy scalars are numbers too: the checks pass them, and the run goes on to read the data."""
+    with pytest.raises(FileNotFoundError, match="neither 'fashion-mnist' nor a directory"):
+        finetune(str(model_dir), str(tmp_path / "missing"), tmp_path / "ft", lr=np.float32(1e-3),
+                 min_lr=np.float64(0.0), clip_grad=np.float32(1.0), **{k: v for k, v in FAST.items() if k != "lr"})

@@ -140,3 +140,15 @@ def test_lowshot_evaluate_checks_and_clamps_k():
     assert row.label == "all (4-NN)"
     with pytest.raises(ValueError, match="k of the k-NN"):
         lowshot.knn(x, y, x, y, k=0)
+
+
+def test_shots_check_counts_the_classes_present():
+    """As the labelled subsets are drawn: a class absent from a --max-train subset is not "too small"."""
+    from vitmsn.eval.quickstart import _check_shots
+
+    class Labelled:
+        targets = [2, 0, 0, 2, 2]
+
+    _check_shots(Labelled(), [2], ["a", "b", "c"])  # b is absent: fine
+    with pytest.raises(ValueError, match=r"fewer: 'a' \(2\)$"):
+        _check_shots(Labelled(), [1, 3], ["a", "b", "c"])

@@ -174,7 +174,9 @@ def push_to_hub(save: Callable[[str], Any], repo_id: str, *, commit_message: str
     if is_offline():
         raise OSError(f"cannot push to {repo_id}: Hub access is disabled (HF_HUB_OFFLINE)")
     api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model").repo_id  # with namespace
+    if revision is not None:
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
     with tempfile.TemporaryDirectory() as folder:
         save(folder)
         return api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model", revision=revision,

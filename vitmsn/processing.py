@@ -883,7 +883,7 @@ class ViTImageProcessor:
             from vitmsn.hub import push_options
 
             hub = push_options(kwargs)
-            self.push_to_hub(kwargs.get("repo_id", directory.name), **hub)
+            self.push_to_hub(kwargs.get("repo_id", directory.resolve().name), **hub)
         return [str(path)]
 
     def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, private: bool | None = None,

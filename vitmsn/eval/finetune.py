@@ -23,6 +23,7 @@ import inspect
 import json
 import logging
 import math
+import numbers
 import os
 import re
 import sys
@@ -79,7 +80,7 @@ LR_SCALE_KEY = "lr_scale"
 # settings that may differ between a run and its resumption (everything else must match)
 _RESUMABLE_CHANGES = frozenset(
     {"num_workers", "max_steps", "device", "tensorboard", "log_every", "checkpoint_every_steps", "data_root",
-     "lr", "bf16", "clip_grad"}  # the last three: the way out of a loss that became NaN
+     "lr", "min_lr", "bf16", "clip_grad"}  # the last four: the way out of a loss that became NaN
 )
 
 
@@ -431,11 +432,14 @@ def finetune(
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
         raise ValueError(f"crop_scale must be (lo, hi) with 0 < lo <= hi <= 1, got {tuple(crop_scale)}")
-    finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
+    finite = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
     if not (finite(lr) and lr > 0):
         raise ValueError(f"lr must be a number > 0, got {lr}")
-    if not (finite(min_lr) and 0 <= min_lr <= lr):
-        raise ValueError(f"min_lr must be a number in [0, lr={lr}], got {min_lr}")
+    if not (finite(min_lr) and min_lr >= 0):
+        raise ValueError(f"min_lr must be a number >= 0, got {min_lr}")
+    if min_lr > lr:
+        raise ValueError(f"min_lr ({min_lr}, the end of the cosine) is above lr ({lr}): pass a lower --min-lr "
+                         "(min_lr=...) as well")
     if not (finite(weight_decay) and weight_decay >= 0):
         raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay}")
     if not (finite(warmup_epochs) and warmup_epochs >= 0):

@@ -74,8 +74,8 @@ def _check_shots(train: Any, shots: list[int], classes: list[str]) -> None:
     labels = _labels_of(train)
     if labels is None or not shots:
         return
-    counts = np.bincount(labels[labels >= 0], minlength=len(classes))
-    short = [(classes[c], int(n)) for c, n in enumerate(counts) if n < max(shots)]
+    present, counts = np.unique(labels[labels >= 0], return_counts=True)  # as the subsets are drawn: classes
+    short = [(classes[c], int(n)) for c, n in zip(present, counts, strict=True) if n < max(shots)]  # present
     if short:
         names = ", ".join(f"{name!r} ({n})" for name, n in short[:8]) + (" ..." if len(short) > 8 else "")
         raise ValueError(f"--shots {max(shots)} needs {max(shots)} training images per class; these classes have "

@@ -243,7 +243,8 @@ class PreTrainedModel(nn.Module):
             from vitmsn.hub import push_options
 
             hub = push_options(kwargs)
-            self.push_to_hub(kwargs.get("repo_id", Path(save_directory).name), **hub)
+            self.push_to_hub(kwargs.get("repo_id", Path(save_directory).resolve().name),
+                             safe_serialization=safe_serialization, **hub)
         return path
 
     def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, private: bool | None = None,
