@@ -87,6 +87,8 @@ def test_attribute_writes_transformers_code_makes(tmp_path, ours, theirs):
     assert cfg.num_labels == ref.num_labels == 3 and cfg.label2id == {"cat": 0, "dog": 1, "fox": 2}
     cfg._attn_implementation = "sdpa"
     assert cfg.attn_implementation == "sdpa"
+    with pytest.raises(ValueError, match="attn_implementation='flash'"):
+        cfg._attn_implementation = "flash"
     cfg.dtype = torch.float16
     cfg.my_key = 1
     shallow = copy.copy(cfg)

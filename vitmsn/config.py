@@ -197,6 +197,8 @@ class ViTConfig:
         if name == "_attn_implementation":  # transformers' name
             name = "attn_implementation"
         built = self.__dict__.get("_built", False)  # after __post_init__: the labels are consistent
+        if built and name == "attn_implementation" and value not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation={value!r}; expected one of {', '.join(ATTN_IMPLEMENTATIONS)}")
         if built and name == "num_labels" and value is not None and int(value) != len(self.id2label):
             # as transformers: another number of labels means new default names
             object.__setattr__(self, "num_labels", int(value))
