@@ -80,17 +80,16 @@ def build_dataset(cfg: PretrainConfig) -> Dataset:
 
 
 def _holds_images(folder: str | os.PathLike, look_at: int = 2000) -> bool:
-    """Whether an image file is among the first ``look_at`` files under ``folder`` (recursive)."""
+    """Whether an image file is among the first ``look_at`` entries (files and folders) under ``folder``."""
     from vitmsn.data.folder import IMAGE_EXTENSIONS
 
     seen = 0
-    for _, _, files in os.walk(folder):
-        for name in files:
-            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                return True
-            seen += 1
-            if seen >= look_at:
-                return False
+    for _, dirs, files in os.walk(folder):
+        if any(os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS for name in files):
+            return True
+        seen += len(files) + len(dirs) + 1
+        if seen >= look_at:
+            return False
     return False
 
 
