@@ -193,3 +193,20 @@ def test_bad_pixel_values():
         model(torch.randn(1, 3, 32, 32), head_mask=torch.ones(3))
     with pytest.raises(ValueError, match="use_mask_token=True"):
         model(torch.randn(1, 3, 32, 32), bool_masked_pos=torch.zeros(1, 16, dtype=torch.bool))
+
+
+def test_reset_classifier_keeps_the_config_consistent(tmp_path):
+    from tests.conftest import TINY
+
+    model = vitmsn.ViTMSNForImageClassification(ViTMSNConfig(**TINY))
+    model.reset_classifier(3)
+    assert model.classifier.out_features == model.config.num_labels == 3
+    assert model.config.label2id == {"LABEL_0": 0, "LABEL_1": 1, "LABEL_2": 2}
+    model.reset_classifier(2, {0: "cat", 1: "dog"})
+    assert (model.config.num_labels, model.config.label2id) == (2, {"cat": 0, "dog": 1})
+    with pytest.raises(ValueError, match="num_labels=4 disagrees with id2label"):
+        model.reset_classifier(4, {0: "cat", 1: "dog"})
+    assert model.classifier.out_features == model.config.num_labels == 2  # unchanged
+    model.save_pretrained(tmp_path)
+    ref = transformers.ViTMSNForImageClassification.from_pretrained(tmp_path)
+    assert ref.config.id2label == {0: "cat", 1: "dog"} and ref.classifier.out_features == 2

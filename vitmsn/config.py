@@ -199,7 +199,8 @@ class ViTConfig:
         built = self.__dict__.get("_built", False)  # after __post_init__: the labels are consistent
         if built and name == "attn_implementation" and value not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"attn_implementation={value!r}; expected one of {', '.join(ATTN_IMPLEMENTATIONS)}")
-        if built and name == "num_labels" and value is not None and int(value) != len(self.id2label):
+        if (built and name == "num_labels" and value is not None and self.id2label is not None
+                and int(value) != len(self.id2label)):
             # as transformers: another number of labels means new default names
             object.__setattr__(self, "num_labels", int(value))
             self.id2label = {i: f"LABEL_{i}" for i in range(int(value))}

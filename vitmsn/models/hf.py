@@ -395,8 +395,10 @@ class _ImageClassifier(PreTrainedModel):
 
     def reset_classifier(self, num_labels: int, id2label: dict[int, str] | None = None) -> None:
         """Replace the classifier by a freshly initialised one with ``num_labels`` outputs."""
-        self.config.num_labels, self.config.id2label, self.config.label2id = num_labels, id2label, None
-        self.config._init_labels()
+        if id2label is not None and len(id2label) != num_labels:
+            raise ValueError(f"num_labels={num_labels} disagrees with id2label, which has {len(id2label)} entries")
+        # the config's id2label setter also sets num_labels and label2id
+        self.config.id2label = dict(id2label) if id2label is not None else {i: f"LABEL_{i}" for i in range(num_labels)}
         self.num_labels = num_labels
         self.classifier = nn.Linear(self.config.hidden_size, num_labels) if num_labels > 0 else nn.Identity()
         self.classifier.apply(lambda m: init_weights(m, self.config.initializer_range))
