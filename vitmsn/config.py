@@ -50,6 +50,11 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+def default_labels(n: int) -> dict[int, str]:
+    """transformers' label names for ``n`` classes: ``{0: "LABEL_0", ...}``."""
+    return {i: f"LABEL_{i}" for i in range(n)}
+
+
 #: what each read-only property of a config follows (for the error when one is passed as a keyword)
 _DERIVED_FROM = {"use_return_dict": "return_dict", "grid_size": "image_size // patch_size",
                  "num_patches": "the number of patches at image_size"}
@@ -137,7 +142,7 @@ class ViTConfig:
             if n < 0:
                 raise ValueError(f"num_labels must be >= 0, got {n}")
             self.num_labels = n
-            self.id2label = {i: f"LABEL_{i}" for i in range(n)}
+            self.id2label = default_labels(n)
         if self.label2id is None or len(self.label2id) != len(self.id2label):
             self.label2id = {v: k for k, v in self.id2label.items()}
         else:
@@ -201,9 +206,9 @@ class ViTConfig:
             raise ValueError(f"attn_implementation={value!r}; expected one of {', '.join(ATTN_IMPLEMENTATIONS)}")
         if (built and name == "num_labels" and value is not None and self.id2label is not None
                 and int(value) != len(self.id2label)):
-            # as transformers: another number of labels means new default names
-            object.__setattr__(self, "num_labels", int(value))
-            self.id2label = {i: f"LABEL_{i}" for i in range(int(value))}
+            # as transformers: another number of labels means new default names (the id2label branch below
+            # sets num_labels and label2id)
+            self.id2label = default_labels(int(value))
         elif built and name == "id2label" and value is not None:
             value = {int(k): str(v) for k, v in value.items()}
             object.__setattr__(self, "id2label", value)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitmsn.config import ViTConfig, ViTMSNConfig
+from vitmsn.config import ViTConfig, ViTMSNConfig, default_labels
 from vitmsn.models.heads import Pooler, simmim_decoder
 from vitmsn.models.layers import init_weights
 from vitmsn.models.vit import EncoderOutput, VisionTransformer
@@ -398,7 +398,7 @@ class _ImageClassifier(PreTrainedModel):
         if id2label is not None and len(id2label) != num_labels:
             raise ValueError(f"num_labels={num_labels} disagrees with id2label, which has {len(id2label)} entries")
         # the config's id2label setter also sets num_labels and label2id
-        self.config.id2label = dict(id2label) if id2label is not None else {i: f"LABEL_{i}" for i in range(num_labels)}
+        self.config.id2label = dict(id2label) if id2label is not None else default_labels(num_labels)
         self.num_labels = num_labels
         self.classifier = nn.Linear(self.config.hidden_size, num_labels) if num_labels > 0 else nn.Identity()
         self.classifier.apply(lambda m: init_weights(m, self.config.initializer_range))
