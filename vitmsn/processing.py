@@ -1011,11 +1011,15 @@ def _to_channels_last(pixel_values: Any) -> Any:
             else np.ascontiguousarray(np.moveaxis(v, 0, -1)) for v in pixel_values]
 
 
-def _load_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> Any:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{str(path)!r} is not valid JSON: {err}") from None
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    data = _read_json(path)
     if not isinstance(data, dict):
         raise ValueError(f"{str(path)!r} must contain a JSON object.")
     return data
@@ -1062,10 +1066,7 @@ def load_processor_config(
            "local_files_only": local_files_only, "force_download": force_download}
     nested = resolve_file(path_or_id, prefix + NESTED_PROCESSOR_CONFIG_NAME, missing_ok=True, **hub)
     if nested is not None:
-        try:
-            data = json.loads(nested.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{str(nested)!r} is not valid JSON: {err}") from None
+        data = _read_json(nested)  # without an image_processor object, the other file (as transformers)
         settings = data.get("image_processor") if isinstance(data, dict) else None
         if isinstance(settings, dict):
             return settings
