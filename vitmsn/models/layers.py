@@ -80,7 +80,7 @@ except (AttributeError, RuntimeError):  # a build of torch without oneDNN
 #: tokens a block processes at once in CPU inference (whole images: at least one image per chunk), for
 #: inputs of more than CHUNK_ABOVE tokens whose MLP activation (tokens x mlp hidden, fp32) is larger than
 #: CHUNK_MIN_BYTES. bench/ab.py on two CPUs: chunks help at ViT batch 32 (6304 tokens) and cost 0.5-9 % at
-#: batch 8 (1576 tokens); bench/parts.py (rows ``target``): they cost ~10 % on the fashion-mnist preset's
+#: batch 8 (1576 tokens); bench/parts.py (rows ``target``): they cost ~7 % on the fashion-mnist preset's
 #: EMA target (2176 tokens, but a 4.4 MB activation, hidden size 128), so small activations run whole.
 CHUNK_TOKENS = 1024
 CHUNK_ABOVE = 2 * CHUNK_TOKENS
