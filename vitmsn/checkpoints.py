@@ -226,9 +226,9 @@ def _resolve(path_or_id: str | os.PathLike, filename: str, *, missing_ok: bool =
              **hub: Any) -> Path | None:
     """A file of a local directory, or of a Hub repository (downloaded into huggingface_hub's cache);
     ``subfolder`` (in ``hub``) is a folder of either."""
-    subfolder = hub.pop("subfolder", None)
-    if subfolder:
-        filename = f"{str(subfolder).strip('/')}/{filename}"
+    from vitmsn.hub import in_subfolder
+
+    filename = in_subfolder(filename, hub.pop("subfolder", None))
     s = os.path.expanduser(str(path_or_id))
     if os.path.isdir(s):
         p = Path(s) / filename

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOADER_ONLY_KWARGS", "is_offline", "push_options", "push_to_hub", "resolve_file"]
+__all__ = ["LOADER_ONLY_KWARGS", "PushToHubMixin", "in_subfolder", "is_offline", "push_to_hub", "resolve_file"]
 
 #: from_pretrained keywords of transformers that change nothing in vitmsn (PyTorch weights loaded on the CPU,
 #: no remote code, proxies from the environment); the model and processor loaders accept and drop them, so
@@ -35,6 +35,12 @@ def is_offline() -> bool:
     from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE)
+
+
+def in_subfolder(filename: str, subfolder: str | os.PathLike[str] | None) -> str:
+    """``filename`` inside the folder ``subfolder`` of a directory or repository (as the ``subfolder``
+    keyword of transformers' loaders); ``filename`` itself when ``subfolder`` is empty."""
+    return f"{str(subfolder).strip('/')}/{filename}" if subfolder else filename
 
 
 def _default_cache_dir() -> str | None:
@@ -157,11 +163,6 @@ def resolve_file(
         raise FileNotFoundError(f"Hub repository {repo_id!r} has no file named {filename!r}.") from err
 
 
-def push_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The keywords of :func:`push_to_hub` among a ``save_pretrained(..., push_to_hub=True, **kwargs)`` call's."""
-    return {k: kwargs[k] for k in ("commit_message", "private", "token", "revision", "create_pr") if k in kwargs}
-
-
 def push_to_hub(save: Callable[[str], Any], repo_id: str, *, commit_message: str | None = None,
                 private: bool | None = None, token: str | bool | None = None, revision: str | None = None,
                 create_pr: bool = False) -> Any:
@@ -181,3 +182,22 @@ def push_to_hub(save: Callable[[str], Any], repo_id: str, *, commit_message: str
         save(folder)
         return api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model", revision=revision,
                                  commit_message=commit_message or "Upload with vitmsn", create_pr=create_pr)
+
+
+class PushToHubMixin:
+    """``push_to_hub`` and ``save_pretrained(..., push_to_hub=True)`` for a class with ``save_pretrained``."""
+
+    def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, private: bool | None = None,
+                    token: str | bool | None = None, revision: str | None = None, create_pr: bool = False,
+                    safe_serialization: bool = True, **kwargs: Any) -> Any:
+        """Upload what ``save_pretrained`` writes to the Hub repository ``repo_id``, creating it if needed;
+        returns huggingface_hub's commit info."""
+        return push_to_hub(lambda folder: self.save_pretrained(folder, safe_serialization=safe_serialization),
+                           repo_id, commit_message=commit_message, private=private, token=token,
+                           revision=revision, create_pr=create_pr)
+
+    def _push_saved(self, save_directory: str | os.PathLike[str], kwargs: dict[str, Any], **options: Any) -> None:
+        """The push of ``save_pretrained(save_directory, push_to_hub=True, **kwargs)``: to ``repo_id`` (default
+        the folder's name), with the push keywords among ``kwargs``."""
+        push = {k: kwargs[k] for k in ("commit_message", "private", "token", "revision", "create_pr") if k in kwargs}
+        self.push_to_hub(kwargs.get("repo_id", Path(save_directory).resolve().name), **push, **options)

@@ -46,7 +46,7 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from vitmsn.hub import LOADER_ONLY_KWARGS
+from vitmsn.hub import LOADER_ONLY_KWARGS, PushToHubMixin
 
 __all__ = [
     "IMAGENET_DEFAULT_MEAN",
@@ -578,7 +578,7 @@ def _looks_prescaled(chw: np.ndarray) -> bool:
 # ---------------------------------------------------------------------------------------------------------
 
 
-class ViTImageProcessor:
+class ViTImageProcessor(PushToHubMixin):
     r"""Resize, rescale and normalize images for ViT / ViT-MSN models (transformers-compatible).
 
     Args:
@@ -880,20 +880,8 @@ class ViTImageProcessor:
         path = directory / PROCESSOR_CONFIG_NAME
         self.to_json_file(path)
         if push_to_hub:
-            from vitmsn.hub import push_options
-
-            hub = push_options(kwargs)
-            self.push_to_hub(kwargs.get("repo_id", directory.resolve().name), **hub)
+            self._push_saved(directory, kwargs)
         return [str(path)]
-
-    def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, private: bool | None = None,
-                    token: str | bool | None = None, revision: str | None = None, create_pr: bool = False,
-                    **kwargs: Any) -> Any:
-        """Upload ``preprocessor_config.json`` to the Hub repository ``repo_id`` (created if needed)."""
-        from vitmsn.hub import push_to_hub
-
-        return push_to_hub(self.save_pretrained, repo_id, commit_message=commit_message, private=private,
-                           token=token, revision=revision, create_pr=create_pr)
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any], **overrides: Any) -> ViTImageProcessor:
@@ -1056,21 +1044,20 @@ def load_processor_config(
     """Read the processor settings from a file path, a local directory or a Hub repo id (in its folder
     ``subfolder``, if given), as transformers 5 does: the ``image_processor`` entry of a
     ``processor_config.json`` if there is one, else ``preprocessor_config.json``."""
-    from vitmsn.hub import resolve_file
+    from vitmsn.hub import in_subfolder, resolve_file
 
     local = Path(os.path.expanduser(os.fspath(path_or_id)))
     if local.is_file():
         return _load_json(local)
-    prefix = f"{str(subfolder).strip('/')}/" if subfolder else ""
     hub = {"revision": revision, "cache_dir": cache_dir, "token": token if token is not None else use_auth_token,
            "local_files_only": local_files_only, "force_download": force_download}
-    nested = resolve_file(path_or_id, prefix + NESTED_PROCESSOR_CONFIG_NAME, missing_ok=True, **hub)
+    nested = resolve_file(path_or_id, in_subfolder(NESTED_PROCESSOR_CONFIG_NAME, subfolder), missing_ok=True, **hub)
     if nested is not None:
         data = _read_json(nested)  # without an image_processor object, the other file (as transformers)
         settings = data.get("image_processor") if isinstance(data, dict) else None
         if isinstance(settings, dict):
             return settings
-    path = resolve_file(path_or_id, prefix + filename, **hub)
+    path = resolve_file(path_or_id, in_subfolder(filename, subfolder), **hub)
     assert path is not None
     return _load_json(path)
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitmsn.config import ViTConfig, ViTMSNConfig, default_labels
+from vitmsn.hub import PushToHubMixin
 from vitmsn.models.heads import Pooler, simmim_decoder
 from vitmsn.models.layers import init_weights
 from vitmsn.models.vit import EncoderOutput, VisionTransformer
@@ -97,7 +98,7 @@ class MaskedImageModelingOutput(ModelOutput):
 # ------------------------------------------------------------------------------------------ base class
 
 
-class PreTrainedModel(nn.Module):
+class PreTrainedModel(PushToHubMixin, nn.Module):
     """Loading, saving and the small conveniences of transformers' PreTrainedModel."""
 
     config_class: type[ViTConfig] = ViTConfig
@@ -240,23 +241,8 @@ class PreTrainedModel(nn.Module):
 
         path = save_pretrained(self, save_directory, safe_serialization=safe_serialization)
         if push_to_hub:
-            from vitmsn.hub import push_options
-
-            hub = push_options(kwargs)
-            self.push_to_hub(kwargs.get("repo_id", Path(save_directory).resolve().name),
-                             safe_serialization=safe_serialization, **hub)
+            self._push_saved(save_directory, kwargs, safe_serialization=safe_serialization)
         return path
-
-    def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, private: bool | None = None,
-                    token: str | bool | None = None, revision: str | None = None, create_pr: bool = False,
-                    safe_serialization: bool = True, **kwargs: Any) -> Any:
-        """Upload the model (``save_pretrained``'s files) to the Hub repository ``repo_id``, creating it if
-        needed; returns huggingface_hub's commit info."""
-        from vitmsn.hub import push_to_hub
-
-        return push_to_hub(lambda d: self.save_pretrained(d, safe_serialization=safe_serialization), repo_id,
-                           commit_message=commit_message, private=private, token=token, revision=revision,
-                           create_pr=create_pr)
 
     @classmethod
     def from_timm(cls, state_dict_or_model: dict[str, torch.Tensor] | nn.Module, config: ViTConfig | None = None,
