@@ -454,11 +454,12 @@ def load_pretrained(cls: type, path_or_id: str | os.PathLike, *model_args: Any, 
     state_dict: dict[str, torch.Tensor] = {}
     for f in files:
         state_dict.update(read_weights(f))
-    rng = torch.get_rng_state()
-    model = cls(config, *model_args, **kwargs)
-    torch.set_rng_state(rng)  # the constructor's draws are overwritten below; only the missing weights draw
+    with torch.device("meta"):  # no random init of weights the checkpoint overwrites (seconds for ViT-L)
+        model = cls(config, *model_args, **kwargs)
+    model.to_empty(device="cpu")
     info = load_state_dict_into(model, state_dict, ignore_mismatched_sizes=ignore_mismatched_sizes,
                                 source=str(files[0] if len(files) == 1 else files[0].parent))
+    # only the weights the checkpoint lacks draw from torch's generator, as if nothing else had been initialised
     model.init_missing_weights(info["missing_keys"] + [k for k, *_ in info["mismatched_keys"]])
     if dtype == "auto":
         dtype = saved_dtype or next((t.dtype for t in state_dict.values() if t.is_floating_point()), None)
