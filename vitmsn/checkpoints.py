@@ -211,6 +211,19 @@ def model_state_dict(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], s
     return out, "vit."
 
 
+def _hf_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """The tensors to save under transformers' names: the model's, or ``state_dict``'s (with the model's own
+    names, as ``model.state_dict()`` or accelerate's ``get_state_dict`` give them, or transformers' names)."""
+    if state_dict is None:
+        sd, prefix = model_state_dict(model)
+        return internal_to_hf(sd, prefix)
+    own = model.state_dict()
+    if set(state_dict) <= set(own):
+        prefix = "vit." if hasattr(model, "vit") else ""
+        return internal_to_hf({k.removeprefix(prefix): v for k, v in state_dict.items()}, prefix)
+    return dict(state_dict)
+
+
 # ------------------------------------------------------------------------------------------ reading files
 
 
@@ -255,12 +268,23 @@ def load_config_dict(path_or_id: str | os.PathLike, **hub: Any) -> dict[str, Any
     return data
 
 
-def weight_files(path_or_id: str | os.PathLike, use_safetensors: bool | None = None, **hub: Any) -> list[Path]:
+def with_variant(filename: str, variant: str | None) -> str:
+    """transformers' name of a weight file for a ``variant``: model.safetensors -> model.fp16.safetensors."""
+    if not variant:
+        return filename
+    stem, ext = filename.rsplit(".", 1)
+    return f"{stem}.{variant}.{ext}"
+
+
+def weight_files(path_or_id: str | os.PathLike, use_safetensors: bool | None = None, variant: str | None = None,
+                 **hub: Any) -> list[Path]:
     """The weight files of a checkpoint: safetensors first, then sharded, then pickled.
 
-    ``use_safetensors``: True reads safetensors only, False pickles only (as transformers' argument).
+    ``use_safetensors``: True reads safetensors only, False pickles only (as transformers' argument);
+    ``variant``: the files of that variant (``model.fp16.safetensors``, ...).
     """
-    formats = [(SAFE_WEIGHTS, SAFE_INDEX), (PT_WEIGHTS, PT_INDEX)]
+    formats = [(with_variant(single, variant), with_variant(index, variant))
+               for single, index in ((SAFE_WEIGHTS, SAFE_INDEX), (PT_WEIGHTS, PT_INDEX))]
     if use_safetensors is not None:
         formats = formats[:1] if use_safetensors else formats[1:]
     for single, index in formats:
@@ -423,6 +447,12 @@ def load_pretrained(cls: type, path_or_id: str | os.PathLike, *model_args: Any, 
     if local_files_only:
         hub["local_files_only"] = True
     device_map = kwargs.pop("device_map", None)
+    variant = kwargs.pop("variant", None)
+    given_state_dict = kwargs.pop("state_dict", None)
+    if path_or_id is None and (config is None or given_state_dict is None):
+        raise ValueError("from_pretrained(None, ...) needs both config= and state_dict=")
+    if isinstance(config, str | os.PathLike):  # a folder or Hub id of its own, as transformers takes it
+        config = cls.config_class.from_pretrained(config, **hub)
     config_fields = set(cls.config_class.__dataclass_fields__)
     overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in config_fields}
     if config is None:
@@ -450,26 +480,31 @@ def load_pretrained(cls: type, path_or_id: str | os.PathLike, *model_args: Any, 
     if attn_implementation is not None:
         config.attn_implementation = attn_implementation
         config.validate()
-    files = weight_files(path_or_id, use_safetensors=use_safetensors, **hub)
-    state_dict: dict[str, torch.Tensor] = {}
-    for f in files:
-        state_dict.update(read_weights(f))
+    if given_state_dict is not None:
+        state_dict: dict[str, torch.Tensor] = dict(given_state_dict)
+        source = "the state_dict given"
+    else:
+        files = weight_files(path_or_id, use_safetensors=use_safetensors, variant=variant, **hub)
+        state_dict = {}
+        for f in files:
+            state_dict.update(read_weights(f))
+        source = str(files[0] if len(files) == 1 else files[0].parent)
     with torch.device("meta"):  # no random init of weights the checkpoint overwrites (seconds for ViT-L)
         model = cls(config, *model_args, **kwargs)
     model.to_empty(device="cpu")
-    info = load_state_dict_into(model, state_dict, ignore_mismatched_sizes=ignore_mismatched_sizes,
-                                source=str(files[0] if len(files) == 1 else files[0].parent))
+    info = load_state_dict_into(model, state_dict, ignore_mismatched_sizes=ignore_mismatched_sizes, source=source)
     # only the weights the checkpoint lacks draw from torch's generator, as if nothing else had been initialised
     model.init_missing_weights(info["missing_keys"] + [k for k, *_ in info["mismatched_keys"]])
     if dtype == "auto":
         dtype = saved_dtype or next((t.dtype for t in state_dict.values() if t.is_floating_point()), None)
     if dtype is not None:
         model.to(_torch_dtype(dtype))
+        model.config.dtype = _torch_dtype(dtype)
     if device_map not in (None, "cpu"):
         model.to(device_map if isinstance(device_map, (str, torch.device)) and device_map != "auto"
                  else ("cuda" if torch.cuda.is_available() else "cpu"))
     model.eval()
-    model.config._name_or_path = str(path_or_id)  # not saved (as transformers: model.name_or_path)
+    model.config._name_or_path = "" if path_or_id is None else str(path_or_id)  # not saved (model.name_or_path)
     return (model, info) if output_loading_info else model
 
 
@@ -508,20 +543,45 @@ def prepare_model_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return path
 
 
-def save_pretrained(model: torch.nn.Module, save_directory: str | os.PathLike,
-                    safe_serialization: bool = True) -> Path:
-    """config.json + model.safetensors (or pytorch_model.bin) in transformers' classic layout."""
+def save_pretrained(model: torch.nn.Module, save_directory: str | os.PathLike, safe_serialization: bool = True, *,
+                    state_dict: dict[str, torch.Tensor] | None = None, max_shard_size: int | str = "50GB",
+                    variant: str | None = None, is_main_process: bool = True) -> Path:
+    """config.json + model.safetensors (or pytorch_model.bin) in transformers' classic layout, as transformers'
+    ``save_pretrained``: weights above ``max_shard_size`` in shards with an index, ``variant`` in the file names,
+    ``state_dict`` (the model's own, or transformers-named) instead of the model's tensors, nothing written where
+    ``is_main_process`` is false. Each file is written atomically; files of an earlier save that the new one does
+    not replace are removed after it."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+
     directory = Path(save_directory)
+    if not is_main_process:
+        return directory
     directory.mkdir(parents=True, exist_ok=True)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     config = model.config.copy(architectures=[type(model).__name__],
-                               extra={**model.config.extra, "torch_dtype": str(dtype).removeprefix("torch.")})
-    sd, prefix = model_state_dict(model)
-    hf = {k: v.detach().contiguous().cpu() for k, v in internal_to_hf(sd, prefix).items()}
-    if safe_serialization:
-        atomic_write(directory / SAFE_WEIGHTS, lambda tmp: save_safetensors(hf, tmp, metadata={"format": "pt"}))
-    else:
-        atomic_torch_save(hf, directory / PT_WEIGHTS)
+                               extra={**model.config.extra, "dtype": str(dtype).removeprefix("torch.")})
+    hf = {k: v.detach().contiguous().cpu() for k, v in _hf_state_dict(model, state_dict).items()}
+    single = with_variant(SAFE_WEIGHTS if safe_serialization else PT_WEIGHTS, variant)
+    index_name = with_variant(SAFE_INDEX if safe_serialization else PT_INDEX, variant)
+    stem, ext = single.rsplit(".", 1)
+    split = split_torch_state_dict_into_shards(hf, filename_pattern=f"{stem}{{suffix}}.{ext}",
+                                               max_shard_size=max_shard_size)
+    for filename, names in split.filename_to_tensors.items():
+        tensors = {n: hf[n] for n in names}
+        if safe_serialization:
+            atomic_write(directory / filename,
+                         lambda tmp, part=tensors: save_safetensors(part, tmp, metadata={"format": "pt"}))
+        else:
+            atomic_torch_save(tensors, directory / filename)
+    written = set(split.filename_to_tensors)
+    if split.is_sharded:
+        index = {"metadata": dict(split.metadata), "weight_map": dict(split.tensor_to_filename)}
+        atomic_write_text(directory / index_name, json.dumps(index, indent=2, sort_keys=True) + "\n")
+        written.add(index_name)
+    shard = re.compile(rf"{re.escape(stem)}-\d{{5}}-of-\d{{5}}\.{re.escape(ext)}")
+    for old in directory.iterdir():  # an earlier save's single file, index or shards, not overwritten now
+        if old.name not in written and (old.name in (single, index_name) or shard.fullmatch(old.name)):
+            old.unlink()
     config.save_pretrained(directory)
     model.config.architectures = config.architectures
     return directory

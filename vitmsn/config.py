@@ -29,8 +29,10 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 # Keys that transformers writes into every config.json and that carry no meaning for the model here.
-_IGNORED_KEYS = frozenset({"transformers_version", "_name_or_path", "_commit_hash", "torch_dtype", "dtype",
-                           "use_cache", "model_type", "vitmsn_version"})
+_IGNORED_KEYS = frozenset({"transformers_version", "_name_or_path", "_commit_hash", "use_cache", "model_type",
+                           "vitmsn_version"})
+#: the flags a config.json holds only where they differ from these defaults (as transformers writes it)
+_FLAG_DEFAULTS = {"output_attentions": False, "output_hidden_states": False, "return_dict": True}
 
 
 def pair(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -70,8 +72,11 @@ def _keeps_unknown_keywords(cls: type) -> type:
         names = {f.name for f in dataclasses.fields(cls)}
         if "_attn_implementation" in kwargs:  # transformers' name
             kwargs.setdefault("attn_implementation", kwargs.pop("_attn_implementation"))
+        if "torch_dtype" in kwargs:  # transformers 4's name of dtype
+            kwargs.setdefault("dtype", kwargs.pop("torch_dtype"))
         unknown = {k: kwargs.pop(k) for k in list(kwargs) if k not in names}
-        read_only = sorted(k for k in unknown if isinstance(getattr(cls, k, None), property))
+        read_only = sorted(k for k in unknown if isinstance(getattr(cls, k, None), property)
+                           and getattr(cls, k).fset is None)
         if read_only:  # transformers raises too (its setattr meets a property without a setter)
             derived = "; ".join(f"{k} follows {_DERIVED_FROM.get(k, 'other settings')}" for k in read_only)
             raise ValueError(f"{cls.__name__}: {', '.join(read_only)} cannot be set ({derived})")
@@ -252,6 +257,37 @@ class ViTConfig:
     def _attn_implementation(self) -> str:  # transformers' name
         return self.attn_implementation
 
+    @property
+    def dtype(self) -> Any:
+        """The weights' torch dtype (saved as its name), or None; ``torch_dtype`` is transformers 4's name."""
+        value = self.extra.get("dtype")
+        if isinstance(value, str):
+            import torch
+
+            value = getattr(torch, value.removeprefix("torch."), value)
+        return value
+
+    @dtype.setter
+    def dtype(self, value: Any) -> None:
+        if value is None:
+            self.extra.pop("dtype", None)
+        else:
+            self.extra["dtype"] = value
+
+    torch_dtype = dtype
+
+    @property
+    def name_or_path(self) -> str:
+        """Where ``from_pretrained`` read this config from ("" for one built here)."""
+        return self.__dict__.get("_name_or_path", "")
+
+    # what transformers' generic code asks of any config
+    is_encoder_decoder: ClassVar[bool] = False
+    chunk_size_feed_forward: ClassVar[int] = 0
+
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> ViTConfig:
+        return self
+
     # ------------------------------------------------------------------- I/O
     def to_dict(self) -> dict[str, Any]:
         """The config.json dictionary, in transformers' format (string keys in ``id2label``)."""
@@ -260,7 +296,7 @@ class ViTConfig:
         if dtype is not None:
             out.setdefault("torch_dtype", dtype)
         for f in dataclasses.fields(self):
-            if f.name in ("extra", "attn_implementation", "output_attentions", "output_hidden_states", "return_dict"):
+            if f.name in ("extra", "attn_implementation") or getattr(self, f.name) == _FLAG_DEFAULTS.get(f.name, ...):
                 continue
             value = copy.deepcopy(getattr(self, f.name))
             if isinstance(value, tuple):
@@ -273,8 +309,49 @@ class ViTConfig:
         out.setdefault("torch_dtype", "float32")
         return dict(sorted(out.items()))
 
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+    def to_diff_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the settings every transformers config has (labels, problem type, flags)
+        where they keep their defaults, as transformers' ``to_diff_dict``."""
+        default = type(self)().to_dict()
+        generic = {"num_labels", "id2label", "label2id", "problem_type", "architectures", *_FLAG_DEFAULTS}
+        return {k: v for k, v in self.to_dict().items() if k not in generic or default.get(k, ...) != v}
+
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """JSON of :meth:`to_diff_dict` (``use_diff``, as transformers) or of every value (what
+        ``save_pretrained`` writes)."""
+        return json.dumps(self.to_diff_dict() if use_diff else self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, json_file_path: str | os.PathLike, use_diff: bool = True) -> None:
+        Path(json_file_path).write_text(self.to_json_string(use_diff), encoding="utf-8")
+
+    def update(self, config_dict: dict[str, Any]) -> None:
+        """Set each key of ``config_dict`` as an attribute (keys without a field are kept in ``extra``)."""
+        for key, value in config_dict.items():
+            setattr(self, key, value)
+        self.validate()
+
+    def update_from_string(self, update_str: str) -> None:
+        """Update from ``"hidden_size=384,qkv_bias=false"``: each value is read as the type of the current one."""
+        changes: dict[str, Any] = {}
+        for item in filter(None, update_str.split(",")):
+            key, sep, text = item.partition("=")
+            if not sep or not hasattr(self, key):
+                raise ValueError(f"update_from_string: {item!r} is not key=value of an existing setting")
+            old = getattr(self, key)
+            if isinstance(old, bool):
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(f"update_from_string: {key} takes true or false, got {text!r}")
+                changes[key] = text.lower() in ("true", "1")
+            elif isinstance(old, int | float):
+                try:
+                    changes[key] = type(old)(text)
+                except ValueError:
+                    raise ValueError(f"update_from_string: {key} takes a {type(old).__name__}, got {text!r}") from None
+            elif isinstance(old, str):
+                changes[key] = text
+            else:
+                raise ValueError(f"update_from_string: {key} ({type(old).__name__}) cannot be set from a string")
+        self.update(changes)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], **overrides: Any) -> ViTConfig:
@@ -290,8 +367,11 @@ class ViTConfig:
         if "_attn_implementation" in data and "attn_implementation" not in known:
             known["attn_implementation"] = data["_attn_implementation"]
         extra = {k: v for k, v in data.items() if k not in names and k not in _IGNORED_KEYS
-                 and k != "_attn_implementation"}
+                 and k not in ("_attn_implementation", "torch_dtype", "dtype")}
         extra.update(data.get("extra") or {})
+        saved_dtype = data.get("dtype", data.get("torch_dtype"))
+        if saved_dtype is not None:
+            extra["dtype"] = saved_dtype
         if extra:
             logger.debug("%s keeps config keys it does not use: %s", cls.__name__, ", ".join(sorted(extra)))
         for key in ("image_size", "patch_size"):
@@ -323,7 +403,7 @@ class ViTConfig:
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / "config.json"
-        atomic_write_text(path, self.to_json_string())
+        atomic_write_text(path, self.to_json_string(use_diff=False))
         return path
 
     @classmethod
@@ -339,9 +419,13 @@ class ViTConfig:
 
         hub = pop_hub_kwargs(kwargs)
         data = load_config_dict(path_or_id, **hub)
+        if data.get("model_type") in CONFIG_CLASSES and data["model_type"] != cls.model_type:
+            logger.warning("reading a %r config into %s (%s)", data["model_type"], cls.__name__, path_or_id)
+            data = {k: v for k, v in data.items() if k != "model_type"}
         known = set(cls.__dataclass_fields__) | set(data) | {"_attn_implementation"}
         overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in known}
         config = cls.from_dict(data, **overrides)
+        config._name_or_path = str(path_or_id)  # not saved
         return (config, kwargs) if return_unused_kwargs else config
 
     def copy(self, **changes: Any) -> ViTConfig:

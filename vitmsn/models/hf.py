@@ -29,19 +29,36 @@ from vitmsn.models.vit import EncoderOutput, VisionTransformer
 
 class ModelOutput(OrderedDict):
     """Like transformers' ModelOutput: a dict of the fields that are not None, also read as attributes, and
-    by integer index (which skips the None fields)."""
+    by integer index (which skips the None fields); a pytree node, so that DDP, ``torch.export`` and
+    ``torch.utils._pytree`` see its tensors."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        from torch.utils import _pytree
+
+        _pytree.register_pytree_node(
+            cls, lambda out: (list(out.values()), list(out.keys())),
+            lambda values, keys: cls(**dict(zip(keys, values, strict=True))),
+            serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
+        )
 
     def __post_init__(self) -> None:
         first, *rest = fields(self)
         given = getattr(self, first.name)
-        if isinstance(given, Mapping) and all(getattr(self, f.name) is None for f in rest):
-            # rebuilt from its own items, as tools that map over dicts do (``type(out)({k: v ...})``)
-            for k, v in given.items():
-                object.__setattr__(self, k, v)
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is not None:
-                super().__setitem__(f.name, value)
+        pairs = None
+        if given is not None and not torch.is_tensor(given) and all(getattr(self, f.name) is None for f in rest):
+            # rebuilt from its own items, as tools that map over outputs do: ``type(out)({k: v ...})`` (accelerate)
+            # or ``type(out)((k, v) for ...)`` (DataParallel's gather)
+            items = list(given.items() if isinstance(given, Mapping) else given) \
+                if isinstance(given, Mapping | list | tuple) or hasattr(given, "__next__") else []
+            if items and all(isinstance(p, list | tuple) and len(p) == 2 and isinstance(p[0], str) for p in items):
+                pairs = items
+        if pairs is None:
+            return  # the dataclass __init__ set the fields, and __setattr__ made the ones not None items
+        object.__setattr__(self, first.name, None)
+        OrderedDict.__delitem__(self, first.name)
+        for name, value in pairs:
+            setattr(self, name, value)
 
     def __getitem__(self, key: str | int | slice) -> Any:
         if isinstance(key, str):
@@ -53,12 +70,14 @@ class ModelOutput(OrderedDict):
         super().__setattr__(key, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in self.keys() and value is not None:
-            super().__setitem__(name, value)
+        if value is not None and name in {f.name for f in fields(self)}:
+            super().__setitem__(name, value)  # a field set later is an item too, at the end (as transformers)
         super().__setattr__(name, value)
 
-    def __delitem__(self, key: str) -> None:
-        raise TypeError(f"cannot delete from a {type(self).__name__}")
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(f"a {type(self).__name__} cannot be changed this way; set its fields instead")
+
+    __delitem__ = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
 
     def to_tuple(self) -> tuple:
         return tuple(self[k] for k in self.keys())
@@ -150,6 +169,29 @@ class PreTrainedModel(PushToHubMixin, nn.Module):
         if hook is not None:
             hook.remove()
 
+    # -- what transformers' generic code (pipelines, accelerate, Trainer) asks of a model
+    _no_split_modules = ["Block"]  # accelerate's device_map keeps a transformer block on one device
+
+    def get_output_embeddings(self) -> None:
+        return None  # no tied output embeddings
+
+    def tie_weights(self) -> None:
+        """Nothing to tie."""
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        return False
+
+    def init_weights(self) -> None:
+        """Initialise every weight afresh, as the constructor does."""
+        self.post_init()
+
+    def get_parameter_or_buffer(self, target: str) -> torch.Tensor:
+        try:
+            return self.get_parameter(target)
+        except AttributeError:
+            return self.get_buffer(target)
+
     def _check_config(self, config: ViTConfig) -> ViTConfig:
         if not isinstance(config, ViTConfig):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
@@ -191,9 +233,9 @@ class PreTrainedModel(PushToHubMixin, nn.Module):
         visit("", self)
 
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
-        skip = {id(p) for p in (self.backbone.pos_embed,)} if exclude_embeddings else set()
-        return sum(p.numel() for p in self.parameters()
-                   if (p.requires_grad or not only_trainable) and id(p) not in skip)
+        """The number of parameters (``exclude_embeddings`` leaves out ``nn.Embedding`` weights, as transformers
+        does: a ViT has none, its position embeddings are a plain parameter)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         self.backbone.set_grad_checkpointing(True)
@@ -233,14 +275,19 @@ class PreTrainedModel(PushToHubMixin, nn.Module):
             revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only, **kwargs,
         )
 
-    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True,
-                        push_to_hub: bool = False, **kwargs: Any) -> Path:
-        """Write config.json and model.safetensors in transformers' classic layout; with ``push_to_hub``,
-        also upload them (to ``repo_id``, default the folder's name; ``token``, ``private``, ...)."""
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,
+                        state_dict: dict[str, torch.Tensor] | None = None, push_to_hub: bool = False,
+                        max_shard_size: int | str = "50GB", variant: str | None = None,
+                        safe_serialization: bool = True, **kwargs: Any) -> Path:
+        """Write config.json and model.safetensors in transformers' layout (the arguments are transformers'):
+        shards with an index above ``max_shard_size``, ``variant`` in the file names (``model.fp16.safetensors``),
+        ``state_dict`` saved instead of the model's tensors, nothing written unless ``is_main_process``; with
+        ``push_to_hub``, also upload them (to ``repo_id``, default the folder's name; ``token``, ``private``, ...)."""
         from vitmsn.checkpoints import save_pretrained
 
-        path = save_pretrained(self, save_directory, safe_serialization=safe_serialization)
-        if push_to_hub:
+        path = save_pretrained(self, save_directory, safe_serialization=safe_serialization, state_dict=state_dict,
+                               max_shard_size=max_shard_size, variant=variant, is_main_process=is_main_process)
+        if push_to_hub and is_main_process:
             self._push_saved(save_directory, kwargs, safe_serialization=safe_serialization)
         return path
 
@@ -278,6 +325,7 @@ def _check_no_unused(kwargs: dict[str, Any]) -> None:
     if mask is not None and not bool(torch.all(mask != 0)):
         raise ValueError("attention_mask must be all ones (or None): vitmsn's ViTs attend to every token; to "
                          "leave patches out, pass keep_idx to the backbone's forward_features")
+    kwargs.pop("num_items_in_batch", None)  # transformers' Trainer passes it; only a classifier's loss reads it
     if kwargs:
         raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(kwargs))}")
 
@@ -340,8 +388,11 @@ class ViTModel(VisionTransformer, PreTrainedModel):
 # ------------------------------------------------------------------------------------------- classifiers
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: ViTConfig) -> torch.Tensor:
-    """transformers' rule: regression for one label, cross-entropy for integer labels, else BCE-with-logits."""
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: ViTConfig,
+                        num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+    """transformers' rule: regression for one label, cross-entropy for integer labels, else BCE-with-logits.
+    ``num_items_in_batch`` (from transformers' Trainer, for gradient accumulation) makes the cross-entropy a sum
+    divided by it, as transformers 5 does."""
     n = config.num_labels
     if config.problem_type is None:
         if n == 1:
@@ -351,14 +402,19 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: ViTC
         else:
             config.problem_type = "multi_label_classification"
     labels = labels.to(logits.device)
-    if config.problem_type == "regression":  # float labels keep their precision (float64 -> a float64 loss)
-        dtype = torch.promote_types(logits.dtype, labels.dtype) if labels.is_floating_point() else logits.dtype
+    # float labels keep their precision (float64 -> a float64 loss)
+    dtype = torch.promote_types(logits.dtype, labels.dtype) if labels.is_floating_point() else logits.dtype
+    if config.problem_type == "regression":
         if n == 1:
             return F.mse_loss(logits.squeeze().to(dtype), labels.squeeze().to(dtype))
         return F.mse_loss(logits.to(dtype), labels.to(dtype))
     if config.problem_type == "single_label_classification":
-        return F.cross_entropy(logits.view(-1, n), labels.view(-1))
-    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        if num_items_in_batch is None:
+            return F.cross_entropy(logits.view(-1, n), labels.view(-1))
+        total = F.cross_entropy(logits.view(-1, n), labels.view(-1), reduction="sum")
+        return total / (num_items_in_batch.to(total.device) if torch.is_tensor(num_items_in_batch)
+                        else num_items_in_batch)
+    return F.binary_cross_entropy_with_logits(logits.to(dtype), labels.to(dtype))
 
 
 class _ImageClassifier(PreTrainedModel):
@@ -394,6 +450,7 @@ class _ImageClassifier(PreTrainedModel):
                 labels: torch.Tensor | None = None, output_attentions: bool | None = None,
                 output_hidden_states: bool | None = None, interpolate_pos_encoding: bool | None = None,
                 return_dict: bool | None = None, **kwargs: Any):
+        num_items = kwargs.pop("num_items_in_batch", None)  # passed by transformers' Trainer
         _check_no_unused(kwargs)
         attn, hidden, as_dict = self._flags(output_attentions, output_hidden_states, return_dict)
         # the classifier reads the CLS token only: unless per-layer outputs are asked for, the last block
@@ -401,7 +458,7 @@ class _ImageClassifier(PreTrainedModel):
         enc = self._encode(pixel_values, head_mask=head_mask, output_attentions=attn, output_hidden_states=hidden,
                            interpolate_pos_encoding=interpolate_pos_encoding, cls_only=not (attn or hidden))
         logits = self.forward_head(enc.tokens)
-        loss = classification_loss(logits, labels, self.config) if labels is not None else None
+        loss = classification_loss(logits, labels, self.config, num_items) if labels is not None else None
         out = ImageClassifierOutput(loss, logits, enc.hidden_states, enc.attentions)
         return out if as_dict else out.to_tuple()
 

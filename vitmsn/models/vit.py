@@ -169,14 +169,22 @@ class VisionTransformer(nn.Module):
         return self.forward_head(out.tokens)
 
     def _expand_head_mask(self, head_mask: torch.Tensor | None, dtype: torch.dtype) -> list | None:
-        """(H,) or (L, H) -> per layer (1, H, 1, 1), as transformers 4.x; 1 keeps a head, 0 masks it."""
+        """(H,), (L, H) or (L, B or 1, H, 1, 1) -> per layer (B or 1, H, 1, 1), as transformers 4.x; 1 keeps a
+        head, 0 masks it."""
         if head_mask is None:
             return None
         L, H = len(self.blocks), self.config.num_attention_heads
         head_mask = torch.as_tensor(head_mask)
+        hint = ("(a classifier's second positional argument is head_mask, as in transformers 4.x; pass labels "
+                "by keyword: model(pixel_values, labels=labels))")
         if head_mask.dim() == 1:
             head_mask = head_mask.unsqueeze(0).expand(L, -1)
-        if head_mask.shape != (L, H):
-            raise ValueError(f"head_mask must have shape ({H},) or ({L}, {H}), got {tuple(head_mask.shape)}")
+        if head_mask.dim() == 2:
+            head_mask = head_mask[:, None, :, None, None]
+        if head_mask.dim() != 5 or head_mask.shape[0] != L or head_mask.shape[2] != H or head_mask.shape[3:] != (1, 1):
+            raise ValueError(f"head_mask must have shape ({H},), ({L}, {H}) or ({L}, batch, {H}, 1, 1), got "
+                             f"{tuple(head_mask.shape)} {hint}")
+        if not head_mask.is_floating_point() and not bool(((head_mask == 0) | (head_mask == 1)).all()):
+            raise ValueError(f"head_mask holds values other than 0 and 1, as labels do {hint}")
         head_mask = head_mask.to(dtype=dtype, device=self.pos_embed.device)
-        return [head_mask[i].view(1, H, 1, 1) for i in range(L)]
+        return list(head_mask.unbind(0))  # L x (B or 1, H, 1, 1)
