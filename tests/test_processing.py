@@ -1,4 +1,6 @@
-"""ViTImageProcessor: parity with transformers' PIL backend, I/O format, errors, offline hub ids."""
+"""ViTImageProcessor: parity with transformers' PIL backend (``backend="pil"``) and torchvision backend (the
+default, ``backend="torch"``), I/O format, errors, offline hub ids. Default backends, saved files, center crop,
+resample filters, BatchFeature and from_pretrained's unused keywords: tests/test_processing_backends.py."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from vitmsn.processing import (
     BatchFeature,
     ViTFeatureExtractor,
     ViTImageProcessor,
+    ViTImageProcessorPil,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -42,7 +45,8 @@ def photos() -> dict[str, np.ndarray]:
 
 
 def ours(images, cfg=None, **kwargs) -> np.ndarray:
-    return ViTImageProcessor(**(cfg or {}))(images, return_tensors="np", **kwargs)["pixel_values"]
+    """vitmsn's PIL backend (compared with transformers' PIL backend, ``ref``)."""
+    return ViTImageProcessor(**(cfg or {}), backend="pil")(images, return_tensors="np", **kwargs)["pixel_values"]
 
 
 def ref(images, cfg=None, **kwargs) -> np.ndarray:
@@ -142,7 +146,7 @@ def test_parity_mixed_batch(photos):
         torch.from_numpy(photos["chelsea"]).permute(2, 0, 1),
     ]
     for cfg in CONFIGS.values():
-        out = ViTImageProcessor(**cfg)(batch, return_tensors="pt")["pixel_values"]
+        out = ViTImageProcessorPil(**cfg)(batch, return_tensors="pt")["pixel_values"]
         assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and out.shape[:2] == (3, 3)
         assert_same(out.numpy(), ref(batch, cfg))
 
@@ -203,12 +207,14 @@ def test_parity_other_options(photos):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def test_return_types_and_batch_feature(photos):
-    proc = ViTImageProcessor()
+@pytest.mark.parametrize("backend", ["torch", "pil"])
+def test_return_types_and_batch_feature(photos, backend):
+    proc = ViTImageProcessor(backend=backend)
     img = photos["chelsea"]
     listed = proc([img, img])["pixel_values"]
-    assert isinstance(listed, list) and len(listed) == 2
-    assert listed[0].shape == (3, 224, 224) and listed[0].dtype == np.float32
+    assert isinstance(listed, list) and len(listed) == 2  # of tensors (torch) / arrays (pil), as transformers
+    assert isinstance(listed[0], torch.Tensor if backend == "torch" else np.ndarray)
+    assert listed[0].shape == (3, 224, 224) and dtype_name(listed) == "float32"
     assert isinstance(proc(img, return_tensors="np").pixel_values, np.ndarray)
     inputs = proc(img, return_tensors="PT")
     assert isinstance(inputs, BatchFeature) and isinstance(inputs, dict)
@@ -223,7 +229,8 @@ def test_return_types_and_batch_feature(photos):
 
     assert Model()(**proc([img, img], return_tensors="pt")).shape == (2,)
     with pytest.raises(ValueError, match="different output shapes"):
-        ViTImageProcessor(size={"shortest_edge": 50})([img, img.transpose(1, 0, 2)], return_tensors="pt")
+        ViTImageProcessor(size={"shortest_edge": 50}, backend=backend)([img, img.transpose(1, 0, 2)],
+                                                                       return_tensors="pt")
 
 
 def test_batches_of_varied_photographs(photos):
@@ -241,7 +248,7 @@ def test_batches_of_varied_photographs(photos):
         warnings.simplefilter("ignore")
         expected = RefProcessor(**MSN)(imgs, return_tensors="pt")["pixel_values"]
         tv = transformers.ViTImageProcessor(**MSN)(imgs, return_tensors="pt")["pixel_values"]
-    proc = ViTImageProcessor(**MSN)
+    proc = ViTImageProcessor(**MSN, backend="pil")
     got = proc(imgs, return_tensors="pt")["pixel_values"]
     assert got.shape == (8, 3, 224, 224) and got.dtype == torch.float32 and got.is_contiguous()
     assert torch.equal(got, expected)
@@ -404,8 +411,8 @@ np.savez(sys.argv[2], **out)
 
 
 def test_transformers4_data_format_and_dtypes(photos, tmp_path):
-    """transformers 4.x's ViTImageProcessor (the PIL one, which honours data_format): same layout, dtype and
-    bits. transformers 4.x cannot share this environment; it runs in a subprocess when installed."""
+    """transformers 4.x's ViTImageProcessor (the PIL one, which honours data_format) against vitmsn's
+    ViTImageProcessorPil (what a 4.x user gets with use_fast=False): same layout, dtype and bits. transformers 4.x cannot share this environment; it runs in a subprocess when installed."""
     if not (TF4 / "transformers").is_dir():
         pytest.skip(f"transformers 4.x not installed at {TF4} (see tests/test_transformers4.py)")
     img = np.ascontiguousarray(photos["chelsea"][::10, ::10])
@@ -417,14 +424,14 @@ def test_transformers4_data_format_and_dtypes(photos, tmp_path):
     expected = np.load(tmp_path / "out.npz")
     for name, image in (("array", img), ("pil", PIL.Image.fromarray(img))):
         for fmt in ("channels_last", "channels_first"):
-            got = ViTImageProcessor(size=24)(image, return_tensors="np", data_format=fmt).pixel_values
+            got = ViTImageProcessorPil(size=24)(image, return_tensors="np", data_format=fmt).pixel_values
             want = expected[f"{name} {fmt} np"]
             assert got.shape == want.shape and got.dtype == want.dtype and np.array_equal(got, want), (name, fmt)
-            got = ViTImageProcessor(size=24)(image, data_format=fmt).pixel_values[0]
+            got = ViTImageProcessorPil(size=24)(image, data_format=fmt).pixel_values[0]
             assert np.array_equal(got, expected[f"{name} {fmt} list"]), (name, fmt)
         for flags in range(8):
             kw = dict(do_resize=bool(flags & 4), do_rescale=bool(flags & 2), do_normalize=bool(flags & 1), size=24)
-            got = ViTImageProcessor(**kw)(image, return_tensors="np").pixel_values
+            got = ViTImageProcessorPil(**kw)(image, return_tensors="np").pixel_values
             want = expected[f"{name} flags {flags}"]
             assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want), (name, kw)
 
@@ -438,9 +445,18 @@ def test_load_transformers_saved(tmp_path, photos):
     cfg = {**MSN, "size": 96, "resample": 3}
     RefProcessor(**cfg, custom_key="kept").save_pretrained(tmp_path)
     proc = ViTImageProcessor.from_pretrained(tmp_path)
-    assert proc.size == {"height": 96, "width": 96} and proc.resample == 3
+    assert proc.size == {"height": 96, "width": 96} and proc.resample == 3 and proc.backend == "torch"
     assert proc.image_std == tuple(MSN["image_std"]) and proc.custom_key == "kept"
-    assert_same(proc(photos["coffee"], return_tensors="np").pixel_values, ref(photos["coffee"], cfg))
+    # transformers 5 loads its torchvision backend from this file too (the PIL one with backend="pil")
+    pytest.importorskip("torchvision")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = transformers.ViTImageProcessor.from_pretrained(tmp_path)(photos["coffee"], return_tensors="np")
+    np.testing.assert_allclose(proc(photos["coffee"], return_tensors="np").pixel_values, theirs.pixel_values,
+                               atol=1e-5, rtol=0)
+    pil = ViTImageProcessorPil.from_pretrained(tmp_path)
+    assert pil.backend == "pil" and ViTImageProcessor.from_pretrained(tmp_path, backend="pil").backend == "pil"
+    assert_same(pil(photos["coffee"], return_tensors="np").pixel_values, ref(photos["coffee"], cfg))
     assert AutoImageProcessor.from_pretrained(tmp_path).to_dict() == proc.to_dict()
     assert ViTImageProcessor.from_pretrained(tmp_path / "preprocessor_config.json").size["height"] == 96
     assert ViTImageProcessor.from_pretrained(tmp_path, size=64, backend="torch").size == {
@@ -468,12 +484,18 @@ def test_transformers_loads_ours(tmp_path, photos):
 
 
 def test_default_json_matches_transformers(tmp_path):
+    """The default (torch) processor writes transformers' file; the PIL one the same plus its backend key."""
     RefProcessor().save_pretrained(tmp_path / "theirs")
     ViTImageProcessor().save_pretrained(tmp_path / "ours")
     theirs = (tmp_path / "theirs" / "preprocessor_config.json").read_text()
     assert (tmp_path / "ours" / "preprocessor_config.json").read_text() == theirs
     text = repr(ViTImageProcessor())
     assert text.startswith("ViTImageProcessor {") and '"resample": 2' in text
+    ViTImageProcessorPil().save_pretrained(tmp_path / "pil")
+    assert json.loads((tmp_path / "pil" / "preprocessor_config.json").read_text()) == {
+        **json.loads(theirs), "vitmsn_backend": "pil"}
+    assert repr(ViTImageProcessorPil()).startswith("ViTImageProcessorPil {")
+    assert repr(ViTImageProcessor(backend="pil")).startswith("ViTImageProcessor(backend='pil') {")
 
 
 def test_msn_style_config_with_int_size(tmp_path, photos):
@@ -490,13 +512,19 @@ def test_msn_style_config_with_int_size(tmp_path, photos):
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
     for loader in (AutoImageProcessor, AutoFeatureExtractor, ViTImageProcessor, ViTFeatureExtractor):
         proc = loader.from_pretrained(tmp_path)
-        assert proc.size == {"height": 224, "width": 224} and proc.resample == 3
+        assert proc.size == {"height": 224, "width": 224} and proc.resample == 3 and proc.backend == "torch"
     assert "feature_extractor_type" not in proc.to_dict()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        theirs = transformers.AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
-        expected = theirs(photos["astronaut"], return_tensors="np").pixel_values
-    assert_same(proc(photos["astronaut"], return_tensors="np").pixel_values, expected)
+    pytest.importorskip("torchvision")
+    for backend, tol in (("torch", 1e-5), ("pil", TOL)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = transformers.AutoImageProcessor.from_pretrained(tmp_path, **({} if backend == "torch" else
+                                                                                 {"backend": "pil"}))
+            expected = theirs(photos["astronaut"], return_tensors="np").pixel_values
+        got = AutoImageProcessor.from_pretrained(tmp_path, **({} if backend == "torch" else {"backend": "pil"}))
+        assert got.backend == backend
+        np.testing.assert_allclose(got(photos["astronaut"], return_tensors="np").pixel_values, expected,
+                                   atol=tol, rtol=0)
 
 
 LOADER_KWARGS = {
@@ -523,22 +551,30 @@ def test_loader_kwargs_are_not_settings(tmp_path, photos):
             tmp_path / "repo", backend="pil", subfolder="sub", **LOADER_KWARGS
         )
     theirs.save_pretrained(tmp_path / "theirs")
-    expected_json = (tmp_path / "theirs" / "preprocessor_config.json").read_text()
-    for i, load in enumerate([
-        lambda: AutoImageProcessor.from_pretrained(tmp_path / "repo", subfolder="sub", **LOADER_KWARGS),
-        lambda: AutoImageProcessor.from_pretrained(str(tmp_path / "repo"), subfolder="sub/", use_fast=False,
-                                                   config=None, **LOADER_KWARGS),
-        lambda: ViTImageProcessor.from_pretrained(tmp_path / "repo", subfolder="sub", **LOADER_KWARGS),
-        lambda: ViTFeatureExtractor.from_pretrained(tmp_path / "repo", subfolder="sub", _from_pipeline="x",
-                                                    **LOADER_KWARGS),
+    expected_json = json.loads((tmp_path / "theirs" / "preprocessor_config.json").read_text())
+    pytest.importorskip("torchvision")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = {"pil": ref(photos["coffee"], cfg),
+                    "torch": torchvision_ref(photos["coffee"], cfg, return_tensors="np")}
+    for i, (backend, load) in enumerate([
+        ("torch", lambda: AutoImageProcessor.from_pretrained(tmp_path / "repo", subfolder="sub", **LOADER_KWARGS)),
+        ("pil", lambda: AutoImageProcessor.from_pretrained(str(tmp_path / "repo"), subfolder="sub/", use_fast=False,
+                                                           config=None, **LOADER_KWARGS)),
+        ("torch", lambda: ViTImageProcessor.from_pretrained(tmp_path / "repo", subfolder="sub", **LOADER_KWARGS)),
+        ("torch", lambda: ViTFeatureExtractor.from_pretrained(tmp_path / "repo", subfolder="sub", _from_pipeline="x",
+                                                              **LOADER_KWARGS)),
     ]):
         proc = load()
         for key in [*LOADER_KWARGS, "subfolder", "use_fast", "config", "_from_pipeline"]:
             assert not hasattr(proc, key), (i, key)
-        assert proc.size == {"height": 96, "width": 96} and proc.resample == 3
+        assert proc.size == {"height": 96, "width": 96} and proc.resample == 3 and proc.backend == backend
         proc.save_pretrained(tmp_path / f"ours{i}")
-        assert (tmp_path / f"ours{i}" / "preprocessor_config.json").read_text() == expected_json
-        assert_same(proc(photos["coffee"], return_tensors="np").pixel_values, ref(photos["coffee"], cfg))
+        marker = {"vitmsn_backend": "pil"} if backend == "pil" else {}
+        assert json.loads((tmp_path / f"ours{i}" / "preprocessor_config.json").read_text()) == {**expected_json,
+                                                                                                **marker}
+        np.testing.assert_allclose(proc(photos["coffee"], return_tensors="np").pixel_values, expected[backend],
+                                   atol=TOL if backend == "pil" else 1e-5, rtol=0)
     # settings passed with them still apply; use_fast stays a backend switch
     proc = AutoImageProcessor.from_pretrained(tmp_path / "repo", subfolder="sub", size=64, use_fast=True,
                                               trust_remote_code=True)
@@ -587,8 +623,10 @@ def test_auto_rejects_other_processors(tmp_path):
     ],
 )
 def test_bad_inputs(images, match):
+    """(The PIL backend: floats outside [0, 1] cannot become a PIL image; the torch backend resizes them, as
+    transformers' torchvision backend does.)"""
     with pytest.raises(ValueError, match=match):
-        ViTImageProcessor()(images)
+        ViTImageProcessor(backend="pil")(images)
 
 
 def test_bad_arguments(photos):
@@ -603,17 +641,22 @@ def test_bad_arguments(photos):
         ViTImageProcessor(resample=42)
     with pytest.raises(ValueError, match="backend"):
         ViTImageProcessor(backend="jax")
-    with pytest.raises(ValueError, match="LANCZOS"):
-        ViTImageProcessor(resample=PIL.Image.Resampling.LANCZOS, backend="torch")
-    with pytest.raises(ValueError, match="do_center_crop"):
-        ViTImageProcessor(do_center_crop=True)
+    with pytest.raises(ValueError, match="fast=True conflicts"):
+        ViTImageProcessor(backend="pil", fast=True)
+    with pytest.raises(ValueError, match="do_pad"):
+        ViTImageProcessor(do_pad=True)
+    for backend in ("torch", "pil"):  # transformers raises these when called, not when made
+        with pytest.raises(ValueError, match="crop_size` must be specified"):
+            ViTImageProcessor(do_center_crop=True, backend=backend)(photos["coffee"])
+        with pytest.raises(ValueError, match="must have keys 'height' and 'width'"):
+            ViTImageProcessor(do_center_crop=True, crop_size={"shortest_edge": 8}, backend=backend)(photos["coffee"])
     with pytest.raises(ValueError, match="image_mean has 3 values but the image has 4 channels"):
         proc(rgba_of(photos["coffee"]), do_convert_rgb=False)
 
 
 def test_unknown_kwargs_kept():
-    proc = ViTImageProcessor(crop_size={"height": 1, "width": 1}, foo=[1, 2])
-    assert proc.foo == [1, 2] and proc.to_dict()["foo"] == [1, 2]
+    proc = ViTImageProcessor(pad_size={"height": 1, "width": 1}, foo=[1, 2])
+    assert proc.foo == [1, 2] and proc.to_dict()["foo"] == [1, 2] and proc.to_dict()["pad_size"]["height"] == 1
 
 
 def test_nested_processor_config_first(tmp_path):

@@ -23,6 +23,8 @@ from vitmsn.processing import (
     BatchFeature,
     ViTFeatureExtractor,
     ViTImageProcessor,
+    ViTImageProcessorFast,
+    ViTImageProcessorPil,
 )
 
 __version__ = "0.1.0"
@@ -40,6 +42,8 @@ __all__ = [
     "ViTFeatureExtractor",
     "ViTForMaskedImageModeling",
     "ViTImageProcessor",
+    "ViTImageProcessorFast",
+    "ViTImageProcessorPil",
     "ViTMSNConfig",
     "ViTMSNForImageClassification",
     "ViTMSNModel",

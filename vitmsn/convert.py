@@ -331,7 +331,10 @@ def load_msn_head(directory: str | os.PathLike) -> tuple[ProjectionHead, torch.T
 
 
 def msn_preprocessor(image_size: int | tuple[int, int] = 224):
-    """MSN's evaluation preprocessing as a ViTImageProcessor: bilinear resize, 1/255, ImageNet mean/std."""
+    """MSN's evaluation preprocessing as a ViTImageProcessor: bilinear resize, 1/255, ImageNet mean/std.
+    Saved without a backend of its own, so that each library loads its default (vitmsn and transformers 5:
+    the torch backend; transformers 4.x: PIL) and a converted model gives the same numbers in vitmsn as in
+    the transformers version a user has."""
     from vitmsn.processing import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ViTImageProcessor
 
     h, w = pair(image_size)

@@ -1,15 +1,31 @@
 """Image preprocessing for ViT / ViT-MSN, a drop-in for transformers' ``ViTImageProcessor``.
 
-Pipeline, per image (default ``backend="pil"``; identical numbers to transformers' PIL backend,
-``ViTImageProcessorPil`` / ``AutoImageProcessor.from_pretrained(..., backend="pil")``):
+Two backends, as in transformers 5:
+
+- ``backend="torch"``, the default (``ViTImageProcessor()``, ``AutoImageProcessor.from_pretrained(...)``, and
+  ``ViTImageProcessorFast``, transformers 4's name): what transformers 5's ``ViTImageProcessor`` (its torchvision
+  backend, also the one its ``AutoImageProcessor`` picks) computes, to ~1e-7 on photographs. Whole batches are
+  resized with ``torch.nn.functional.interpolate`` (antialiased bilinear / bicubic / lanczos, ``nearest-exact``;
+  on ``device`` if given); uint8 images with torch's uint8 kernel, float images in float32. Images are kept
+  channels-last (the layout of torch's fast uint8 resize kernel), and rescale + normalize is one multiply-add
+  into the output batch.
+- ``backend="pil"`` (``ViTImageProcessorPil``, transformers 5's name; ``use_fast=False`` / ``fast=False``, as a
+  transformers 4 user writes for 4.x's default numbers): bit for bit what transformers' PIL backend computes
+  (transformers 5's ``ViTImageProcessorPil``, transformers 4's ``ViTImageProcessor``).
+
+The two differ by at most one uint8 level on a small fraction of pixels (1/255/std, e.g. 0.0078 with std 0.5;
+mean |diff| ~1e-5 on photographs); float images are quantized to uint8 before resizing only by the PIL backend.
+
+Pipeline of the PIL backend, per image:
 
 1. to a channels-first numpy array (C, H, W); grayscale and RGBA become RGB (RGBA is composited on white);
 2. resize with PIL: the array is turned into a uint8 PIL image (floats in [0, 1] are multiplied by 255 and
    *truncated*, then divided by 255 again after resizing), exactly as transformers does;
-3. rescale: ``x * rescale_factor`` (computed in float64, stored as float32);
-4. normalize: ``(x - mean) / std`` per channel, in float32.
+3. center crop to ``crop_size`` if ``do_center_crop`` (zero padding where the crop is larger than the image);
+4. rescale: ``x * rescale_factor`` (computed in float64, stored as float32);
+5. normalize: ``(x - mean) / std`` per channel, in float32.
 
-Steps 3-4 are element-wise, so for uint8 pixels they are computed once for each of the 256 levels of each
+Steps 4-5 are element-wise, so for uint8 pixels they are computed once for each of the 256 levels of each
 channel and looked up (the same float32 bits, in one pass), into one output batch when every image comes
 out the same size. PIL images are resized as the RGB PIL image they convert to (transformers goes through
 an array and back: the same pixels), and the images of a batch of large images are resized in threads
@@ -19,14 +35,12 @@ Note, as in transformers: float inputs are *not* detected as already rescaled. A
 ``do_rescale=True`` is multiplied by ``rescale_factor`` again (a warning is emitted); pass ``do_rescale=False``
 for such inputs.
 
-``backend="torch"`` (or ``fast=True``) resizes whole batches with ``torch.nn.functional.interpolate``
-(antialiased bilinear/bicubic, on ``device`` if given). Its numbers are close to, not identical to, the PIL path:
-integer images are resized with torch's uint8 kernel, which differs from PIL by at most one uint8 level on a
-small fraction of pixels (max |diff| 1/255/std, e.g. 0.0078 with std 0.5; mean |diff| ~1e-5 on photographs);
-float images are not quantized to uint8 before resizing. On the photographs in the tests it reproduces
-transformers' default torchvision backend (``ViTImageProcessor``) to 1e-5. Images are kept channels-last
-(as PIL holds them), the layout of torch's fast uint8 resize kernel, and rescale + normalize is one
-multiply-add into the output batch.
+Saved files (``save_pretrained``) are transformers' ``preprocessor_config.json`` with ``image_processor_type``
+``"ViTImageProcessor"``, the name both transformers backends write, which transformers 4.x and 5.x load (each
+with its own default backend: 4.x its PIL one, 5.x its torchvision one). A PIL-backend processor adds
+``"vitmsn_backend": "pil"``, a key transformers keeps as a plain attribute, so that vitmsn loads it with the PIL
+backend again; without it (files of transformers, or of vitmsn's torch backend) vitmsn loads the torch backend,
+as transformers 5 does, except for an ``image_processor_type`` of ``"ViTImageProcessorPil"`` (PIL).
 """
 
 from __future__ import annotations
@@ -46,9 +60,10 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from vitmsn.hub import LOADER_ONLY_KWARGS, PushToHubMixin
+from vitmsn.hub import PushToHubMixin
 
 __all__ = [
+    "BACKEND_KEY",
     "IMAGENET_DEFAULT_MEAN",
     "IMAGENET_DEFAULT_STD",
     "IMAGENET_STANDARD_MEAN",
@@ -59,25 +74,29 @@ __all__ = [
     "BatchFeature",
     "ViTFeatureExtractor",
     "ViTImageProcessor",
+    "ViTImageProcessorFast",
+    "ViTImageProcessorPil",
 ]
 
 PROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 #: transformers 5's processor file; its ``image_processor`` entry, when present, is read first
 NESTED_PROCESSOR_CONFIG_NAME = "processor_config.json"
+#: key of ``preprocessor_config.json`` with which a PIL-backend processor says so (transformers ignores it)
+BACKEND_KEY = "vitmsn_backend"
 IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
 IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 
-_RESAMPLE_NAMES = {
-    name: int(PIL.Image.Resampling[name.upper()])
-    for name in ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
-}
-# PIL filter -> (torch interpolate mode, antialias) for the torch backend.
+#: every filter of this Pillow (NEAREST, BOX, BILINEAR, HAMMING, BICUBIC, LANCZOS; Pillow 13 adds MKS2013)
+_RESAMPLE_NAMES = {member.name.lower(): int(member) for member in PIL.Image.Resampling}
+# PIL filter -> (torch interpolate mode, antialias) for the torch backend (BOX and HAMMING have none, as in
+# transformers' torchvision backend).
 _TORCH_MODES = {
     int(PIL.Image.Resampling.NEAREST): ("nearest-exact", False),
     int(PIL.Image.Resampling.BILINEAR): ("bilinear", True),
     int(PIL.Image.Resampling.BICUBIC): ("bicubic", True),
+    int(PIL.Image.Resampling.LANCZOS): ("lanczos", True),
 }
 _SIZE_KEY_SETS = (
     frozenset({"height", "width"}),
@@ -91,6 +110,8 @@ _CALL_OPTIONS = (
     "do_resize",
     "size",
     "resample",
+    "do_center_crop",
+    "crop_size",
     "do_rescale",
     "rescale_factor",
     "do_normalize",
@@ -98,13 +119,61 @@ _CALL_OPTIONS = (
     "image_std",
     "do_convert_rgb",
 )
+#: keyword arguments that from_dict / from_pretrained pass on as settings: the constructor's, and the other
+#: names of transformers 5's ``ImagesKwargs`` (kept as attributes, as transformers keeps them)
+_SETTING_KEYS = frozenset({
+    *_CALL_OPTIONS, "backend", "fast", "default_to_square", "do_pad", "pad_size", "data_format",
+    "input_data_format", "device", "return_tensors", "disable_grouping", "image_seq_length",
+})
+#: what transformers 5's ``ImageProcessingMixin.from_pretrained`` takes for itself (never a setting, never
+#: "unused"); ``use_auth_token`` (transformers 4's name of ``token``) and ``use_fast`` are used here too
+_PROCESSOR_LOADER_KEYS = frozenset({
+    "cache_dir", "force_download", "local_files_only", "token", "revision", "proxies", "subfolder",
+    "image_processor_filename", "_from_pipeline", "_from_auto", "use_auth_token", "use_fast",
+})
+#: likewise for transformers 5's ``AutoImageProcessor.from_pretrained`` (``_from_pipeline`` is not one of them)
+_AUTO_LOADER_KEYS = frozenset({
+    "config", "cache_dir", "force_download", "local_files_only", "token", "revision", "proxies", "subfolder",
+    "image_processor_filename", "processor_config", "use_fast", "backend", "trust_remote_code", "code_revision",
+    "_commit_hash", "use_auth_token",
+})
+
+
+def _is_array_like(value: Any) -> bool:
+    """Whether ``convert_to_tensors`` converts ``value`` (arrays, tensors, numbers, and lists of those)."""
+    if isinstance(value, np.ndarray | torch.Tensor | int | float | bool | np.number):
+        return True
+    if isinstance(value, list | tuple):
+        return len(value) == 0 or _is_array_like(value[0])
+    return False
+
+
+def _tensor_type_name(tensor_type: Any) -> str | None:
+    """``"pt"`` / ``"np"`` / None from a string or transformers' ``TensorType`` member."""
+    name = getattr(tensor_type, "value", tensor_type)
+    if name is None:
+        return None
+    name = str(name).lower()
+    if name not in ("pt", "np"):
+        raise ValueError(f"Unsupported tensor type {tensor_type!r}; use 'pt', 'np' or None.")
+    return name
 
 
 class BatchFeature(dict):
-    """A ``dict`` of model inputs with attribute access (``inputs.pixel_values``) and ``.to(device)``."""
+    """A ``dict`` of model inputs, with what transformers' ``BatchFeature`` adds: attribute access
+    (``inputs.pixel_values``), ``.data``, ``.convert_to_tensors(tensor_type)`` and ``.to(device or dtype)``.
 
-    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+    Args:
+        data: The entries.
+        tensor_type: ``"pt"`` or ``"np"`` to convert the entries at once (see :meth:`convert_to_tensors`).
+        skip_tensor_conversion: Keys that are never converted.
+    """
+
+    def __init__(self, data: Mapping[str, Any] | None = None, tensor_type: Any = None,
+                 skip_tensor_conversion: list[str] | set[str] | None = None) -> None:
         super().__init__(data or {})
+        self.skip_tensor_conversion = skip_tensor_conversion
+        self.convert_to_tensors(tensor_type)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -112,18 +181,88 @@ class BatchFeature(dict):
         except KeyError:
             raise AttributeError(name) from None
 
+    @property
+    def data(self) -> BatchFeature:
+        """The entries, as transformers' ``BatchFeature.data`` (here the mapping itself: a ``dict``)."""
+        return self
+
+    @data.setter
+    def data(self, value: Mapping[str, Any]) -> None:
+        entries = dict(value)
+        self.clear()
+        self.update(entries)
+
+    def convert_to_tensors(self, tensor_type: Any = None,
+                           skip_tensor_conversion: list[str] | set[str] | None = None) -> BatchFeature:
+        """Convert the array-like entries to torch tensors (``"pt"``) or numpy arrays (``"np"``), in place, as
+        transformers does: lists of tensors or arrays are stacked; ``None`` changes nothing. Entries that are
+        not array-like (strings, dicts, ...) and the keys of ``skip_tensor_conversion`` are left as they are."""
+        name = _tensor_type_name(tensor_type)
+        if name is None:
+            return self
+        skip = skip_tensor_conversion if skip_tensor_conversion is not None else self.skip_tensor_conversion
+        for key, value in list(self.items()):
+            if (skip and key in skip) or not _is_array_like(value):
+                continue
+            try:
+                self[key] = _to_torch(value) if name == "pt" else _to_numpy(value)
+            except Exception as err:
+                raise ValueError(
+                    f"Unable to convert output {key!r} (type: {type(value).__name__}) to a tensor: {err}. Images of "
+                    "different output sizes cannot be stacked: use a fixed {'height', 'width'} size or "
+                    "return_tensors=None."
+                ) from err
+        return self
+
     def to(self, *args: Any, **kwargs: Any) -> BatchFeature:
-        """Move tensors with ``Tensor.to(*args, **kwargs)``; dtype casts only apply to floating tensors."""
+        """``Tensor.to(*args, **kwargs)`` for every tensor (also inside lists and tuples), as transformers does:
+        dtype casts only apply to floating-point tensors, the others only move to the device; the first
+        argument must be a device (str, int, ``torch.device``) or a dtype."""
         device = kwargs.get("device")
-        if device is None and args and not isinstance(args[0], torch.dtype):
-            device = args[0]
-        for key, value in self.items():
+        if device is None and args:
+            first = args[0]
+            if isinstance(first, str | int | torch.device) and not isinstance(first, bool):
+                device = first
+            elif not isinstance(first, torch.dtype):
+                raise ValueError(f"Attempting to cast a BatchFeature to type {first}. This is not supported.")
+        non_blocking = kwargs.get("non_blocking", False)
+
+        def move(value: Any) -> Any:
             if isinstance(value, torch.Tensor):
                 if torch.is_floating_point(value):
-                    self[key] = value.to(*args, **kwargs)
-                elif device is not None:
-                    self[key] = value.to(device=device, non_blocking=kwargs.get("non_blocking", False))
+                    return value.to(*args, **kwargs)
+                return value.to(device=device, non_blocking=non_blocking) if device is not None else value
+            if isinstance(value, list | tuple):
+                return type(value)(move(v) for v in value)
+            return value
+
+        for key, value in list(self.items()):
+            self[key] = move(value)
         return self
+
+
+def _to_torch(value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, list | tuple) and value and isinstance(value[0], torch.Tensor):
+        return torch.stack(list(value))
+    if isinstance(value, list | tuple) and value and (
+        isinstance(value[0], np.ndarray)
+        or (isinstance(value[0], list | tuple) and value[0] and isinstance(value[0][0], np.ndarray))
+    ):
+        value = np.array(value)
+    return torch.from_numpy(value) if isinstance(value, np.ndarray) else torch.tensor(value)
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, list | tuple) and isinstance(value[0], list | tuple | np.ndarray):  # [] fails, as there
+        if len({len(v) for v in value}) > 1:  # ragged: an array of arrays
+            ragged = np.empty(len(value), dtype=object)
+            ragged[:] = [np.asarray(v) for v in value]
+            return ragged
+    return np.asarray(value)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -177,17 +316,31 @@ def _standardize_stats(value: Any, name: str) -> tuple[float, ...] | float:
         raise ValueError(f"{name} must be a float or a sequence of floats; got {value!r}.") from None
 
 
-def _standardize_backend(backend: str | None, fast: bool | None) -> str:
+def _standardize_backend(backend: str | None, fast: bool | None, default: str = "torch") -> str:
+    """``"torch"`` or ``"pil"`` from ``backend`` (also transformers' names ``"torchvision"``), else from ``fast``
+    (True: torch, False: pil), else ``default``."""
     if backend is None:
-        return "torch" if fast else "pil"
+        return default if fast is None else ("torch" if fast else "pil")
     name = str(backend).lower()
     if name in ("torch", "torchvision", "fast"):
+        if fast is False:
+            raise ValueError(f"fast=False conflicts with backend={backend!r}.")
         return "torch"
     if name in ("pil", "numpy", "slow"):
         if fast:
             raise ValueError(f"fast=True conflicts with backend={backend!r}.")
         return "pil"
-    raise ValueError(f"Unknown backend {backend!r}; use 'pil' (exact transformers parity) or 'torch'.")
+    raise ValueError(f"Unknown backend {backend!r}; use 'torch' (transformers 5's default) or 'pil'.")
+
+
+def _backend_of_config(config: Mapping[str, Any]) -> str | None:
+    """The backend a saved config asks for, or None (then the loader's default): vitmsn's :data:`BACKEND_KEY`,
+    else ``"pil"`` for an ``image_processor_type`` of ``"ViTImageProcessorPil"`` and ``"torch"`` for
+    ``"ViTImageProcessorFast"`` (transformers 4's fast class)."""
+    if config.get(BACKEND_KEY) is not None:
+        return _standardize_backend(config[BACKEND_KEY], None)
+    kind = config.get("image_processor_type")
+    return {"ViTImageProcessorPil": "pil", "ViTImageProcessorFast": "torch"}.get(kind)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -364,6 +517,61 @@ def _output_size(size: Mapping[str, int], height: int, width: int) -> tuple[int,
     return size["height"], size["width"]
 
 
+def _crop_axis(length: int, crop: int, pad_ceil: bool) -> tuple[int, int, int]:
+    """Center crop of one axis of ``length`` to ``crop``: (start in the source, start in the output, count).
+
+    A crop larger than the axis pads it with zeros: transformers' PIL backend puts the extra odd pixel before
+    the image (``pad_ceil``), its torchvision backend after it."""
+    if crop <= length:
+        return (length - crop) // 2, 0, crop
+    pad = crop - length
+    return 0, (pad + 1) // 2 if pad_ceil else pad // 2, length
+
+
+def _crop_plan(height: int, width: int, crop: tuple[int, int], pad_ceil: bool) -> tuple[slice, slice, slice, slice] | None:
+    """(source rows, source columns, output rows, output columns) of a center crop of (height, width) to
+    ``crop``; None when the crop lies inside the image (then the source slices alone are the crop)."""
+    (sh, dh, nh), (sw, dw, nw) = _crop_axis(height, crop[0], pad_ceil), _crop_axis(width, crop[1], pad_ceil)
+    plan = slice(sh, sh + nh), slice(sw, sw + nw), slice(dh, dh + nh), slice(dw, dw + nw)
+    return plan if (nh, nw) != crop else None
+
+
+def _center_crop_np(chw: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
+    """(C, H, W) -> (C, *crop) as transformers' PIL backend crops (zero padding where the crop is larger)."""
+    height, width = chw.shape[1:]
+    plan = _crop_plan(height, width, crop, pad_ceil=True)
+    if plan is None:
+        top, left = (height - crop[0]) // 2, (width - crop[1]) // 2
+        return chw[:, top:top + crop[0], left:left + crop[1]]
+    rows, cols, out_rows, out_cols = plan
+    out = np.zeros((chw.shape[0], *crop), dtype=chw.dtype)
+    out[:, out_rows, out_cols] = chw[:, rows, cols]
+    return out
+
+
+def _center_crop_torch(batch: torch.Tensor, crop: tuple[int, int]) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, *crop) as transformers' torchvision backend crops (zero padding where the crop is
+    larger, its extra odd pixel after the image)."""
+    height, width = batch.shape[-2:]
+    plan = _crop_plan(height, width, crop, pad_ceil=False)
+    if plan is None:
+        top, left = (height - crop[0]) // 2, (width - crop[1]) // 2
+        return batch[..., top:top + crop[0], left:left + crop[1]]
+    rows, cols, out_rows, out_cols = plan
+    out = batch.new_zeros((*batch.shape[:-2], *crop))
+    out[..., out_rows, out_cols] = batch[..., rows, cols]
+    return out
+
+
+def _crop_hw(crop_size: Mapping[str, int] | None) -> tuple[int, int]:
+    """``crop_size`` as (height, width); it must be a ``{"height", "width"}`` size, as in transformers."""
+    if crop_size is None:
+        raise ValueError("`crop_size` must be specified if `do_center_crop` is `True`.")
+    if "height" not in crop_size or "width" not in crop_size:
+        raise ValueError(f"The crop_size dictionary must have keys 'height' and 'width'. Got {dict(crop_size)}.")
+    return crop_size["height"], crop_size["width"]
+
+
 def _needs_unit_rescale(chw: np.ndarray) -> bool:
     """Whether a non-uint8 array must be scaled by 255 to become a uint8 PIL image (floats in [0, 1])."""
     if chw.dtype == np.uint8:
@@ -497,11 +705,44 @@ def _per_channel(value: float | Sequence[float], name: str, channels: int) -> li
     return values
 
 
-def _torch_resize(batch: torch.Tensor, out_hw: tuple[int, int], resample: int) -> torch.Tensor:
-    """Resize (B, C, H, W) with ``F.interpolate``. uint8 batches use torch's uint8 kernel when available
-    (on CPU it follows PIL's fixed-point arithmetic closely); otherwise resize in float32 and, for uint8 input,
-    round and clip back to integer levels as PIL does."""
+def _torch_mode(resample: int, device: torch.device) -> tuple[str, bool]:
+    """(interpolate mode, antialias) of the torch backend for a PIL filter, with transformers' fallback:
+    LANCZOS becomes BICUBIC (with a warning) off the CPU or where torch has no ``"lanczos"`` mode."""
+    if resample not in _TORCH_MODES:
+        raise ValueError(
+            f"resample={PIL.Image.Resampling(resample).name} is not available with backend='torch' (nor in "
+            "transformers' torchvision backend); use NEAREST, BILINEAR, BICUBIC or LANCZOS, or backend='pil'."
+        )
     mode, antialias = _TORCH_MODES[resample]
+    if mode == "lanczos" and (device.type != "cpu" or not _has_lanczos()):
+        warnings.warn(
+            "LANCZOS resampling on the torch backend needs the CPU and a torch whose interpolate has a 'lanczos' "
+            "mode; falling back to BICUBIC, which approximates it (transformers' torchvision backend does the "
+            "same). For LANCZOS itself, process on the CPU with a recent torch, or use backend='pil'.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return _TORCH_MODES[int(PIL.Image.Resampling.BICUBIC)]
+    return mode, antialias
+
+
+_LANCZOS: list[bool] = []  # whether F.interpolate has mode="lanczos", found out once
+
+
+def _has_lanczos() -> bool:
+    if not _LANCZOS:
+        try:
+            F.interpolate(torch.zeros(1, 1, 4, 4), size=(2, 2), mode="lanczos", antialias=True, align_corners=False)
+            _LANCZOS.append(True)
+        except (NotImplementedError, ValueError, RuntimeError, TypeError):
+            _LANCZOS.append(False)
+    return _LANCZOS[0]
+
+
+def _torch_resize(batch: torch.Tensor, out_hw: tuple[int, int], mode: str, antialias: bool) -> torch.Tensor:
+    """Resize (B, C, H, W) with ``F.interpolate`` (``mode``, ``antialias``: from :func:`_torch_mode`). uint8
+    batches use torch's uint8 kernel when available (on CPU it follows PIL's fixed-point arithmetic closely);
+    otherwise resize in float32 and, for uint8 input, round and clip back to integer levels as PIL does."""
     kwargs = {"antialias": True, "align_corners": False} if antialias else {}
     if batch.dtype == torch.uint8:
         try:
@@ -527,9 +768,11 @@ def _chw_shape(image: np.ndarray | PIL.Image.Image) -> tuple[int, int, int]:
 
 
 def _common_output_shape(arrays: list[np.ndarray | PIL.Image.Image], size: Mapping[str, int],
-                         do_resize: bool) -> tuple[int, int, int] | None:
-    """The (C, h, w) every (C, H, W) image comes out as, or None if they come out in different shapes."""
-    shapes = {(c, *(_output_size(size, h, w) if do_resize else (h, w))) for c, h, w in map(_chw_shape, arrays)}
+                         do_resize: bool, crop: tuple[int, int] | None = None) -> tuple[int, int, int] | None:
+    """The (C, h, w) every (C, H, W) image comes out as (``crop``: the center crop's (h, w), if any), or None if
+    they come out in different shapes."""
+    shapes = {(c, *(crop or (_output_size(size, h, w) if do_resize else (h, w))))
+              for c, h, w in map(_chw_shape, arrays)}
     return shapes.pop() if len(shapes) == 1 else None
 
 
@@ -579,7 +822,11 @@ def _looks_prescaled(chw: np.ndarray) -> bool:
 
 
 class ViTImageProcessor(PushToHubMixin):
-    r"""Resize, rescale and normalize images for ViT / ViT-MSN models (transformers-compatible).
+    r"""Resize, (center crop,) rescale and normalize images for ViT / ViT-MSN models (transformers-compatible).
+
+    As transformers 5's ``ViTImageProcessor``, it uses the torch backend unless told otherwise (``backend``,
+    ``fast``); :class:`ViTImageProcessorPil` is the PIL one. Loaded with :meth:`from_pretrained`, it takes the
+    backend the file asks for (see the module docstring), else the torch one.
 
     Args:
         do_resize: Resize images to ``size``.
@@ -596,15 +843,24 @@ class ViTImageProcessor(PushToHubMixin):
         do_convert_rgb: ``None`` (default): convert grayscale / RGBA / palette images to RGB and leave RGB ones
             as they are; ``True``: always convert (also composites RGB PIL images that carry transparency);
             ``False``: never convert.
-        backend: ``"pil"`` (default): per-image PIL resizing, numerically identical to transformers' PIL
-            backend. ``"torch"``: batched ``F.interpolate`` (antialiased bilinear/bicubic, ``nearest-exact``);
-            differs from the PIL path by at most one uint8 level on a few pixels for uint8 inputs (see the module
-            docstring). Only NEAREST, BILINEAR and BICUBIC are available with it.
-        fast: Shorthand for ``backend="torch"``.
+        do_center_crop: After resizing, crop the center ``crop_size`` of each image (as transformers 5 does in
+            both backends; transformers 4.x's PIL ``ViTImageProcessor`` ignores it). A crop larger than the image
+            pads it with zeros (before rescaling and normalizing), as each transformers backend does.
+        crop_size: The crop's size: ``int`` (square), ``(h, w)`` or ``{"height", "width"}``.
+        backend: ``"torch"`` (default; also ``"torchvision"``): batched ``F.interpolate`` (antialiased bilinear /
+            bicubic / lanczos, ``nearest-exact``), transformers 5's default numbers. ``"pil"``: per-image PIL
+            resizing, bit for bit transformers' PIL backend. They differ by at most one uint8 level on a few
+            pixels for uint8 inputs (see the module docstring). BOX and HAMMING (and Pillow 13's MKS2013) are
+            only available with ``"pil"`` (the torch backend raises when it would resize with them, as
+            transformers' torchvision backend does); LANCZOS on the torch backend falls back to BICUBIC, with a
+            warning, off the CPU or with a torch that has no lanczos interpolation, as transformers does.
+        fast: ``True``: ``backend="torch"``; ``False``: ``backend="pil"`` (transformers 4's ``use_fast``).
         **kwargs: Unknown keys are kept as attributes and saved by ``save_pretrained``.
     """
 
     model_input_names = ["pixel_values"]
+    #: the backend of this class: None for the file's (else torch) in from_pretrained / from_dict
+    _class_backend: str | None = None
 
     def __init__(
         self,
@@ -618,23 +874,30 @@ class ViTImageProcessor(PushToHubMixin):
         image_std: float | Sequence[float] | None = None,
         do_convert_rgb: bool | None = None,
         *,
+        do_center_crop: bool | None = None,
+        crop_size: int | Sequence[int] | Mapping[str, int] | None = None,
         backend: str | None = None,
         fast: bool | None = None,
         **kwargs: Any,
     ) -> None:
         default_to_square = kwargs.pop("default_to_square", True)
+        # a saved file's choice of backend (a config passed as keywords, e.g. by from_dict)
+        asked = _backend_of_config(kwargs) if self._class_backend is None else None
+        kwargs.pop(BACKEND_KEY, None)
         for key in _SERVICE_KEYS:
             kwargs.pop(key, None)
-        if kwargs.get("do_center_crop") or kwargs.get("do_pad"):
+        if kwargs.get("do_pad"):
             raise ValueError(
-                "do_center_crop / do_pad are not supported by this ViT image processor (ViT checkpoints do not use "
-                "them); set them to false or null."
+                "do_pad is not supported by this ViT image processor (ViT checkpoints do not use it); set it to "
+                "false or null."
             )
         self.do_resize = bool(do_resize)
         self.size = _standardize_size(
             size if size is not None else {"height": 224, "width": 224}, default_to_square
         )
         self.resample = _standardize_resample(resample)
+        self.do_center_crop = None if do_center_crop is None else bool(do_center_crop)
+        self.crop_size = None if crop_size is None else _standardize_size(crop_size)
         self.do_rescale = bool(do_rescale)
         self.rescale_factor = float(rescale_factor)
         self.do_normalize = bool(do_normalize)
@@ -645,21 +908,22 @@ class ViTImageProcessor(PushToHubMixin):
             IMAGENET_STANDARD_STD if image_std is None else image_std, "image_std"
         )
         self.do_convert_rgb = do_convert_rgb
-        self.backend = _standardize_backend(backend, fast)
-        if self.backend == "torch" and self.resample not in _TORCH_MODES:
-            raise ValueError(
-                f"resample={PIL.Image.Resampling(self.resample).name} is not available with backend='torch'; "
-                "use NEAREST, BILINEAR or BICUBIC, or backend='pil'."
-            )
+        self.backend = _standardize_backend(backend, fast, self._class_backend or asked or "torch")
         self._extra: dict[str, Any] = {}
         for key, value in kwargs.items():
-            if hasattr(type(self), key):
-                warnings.warn(
-                    f"Ignoring config key {key!r}: it would shadow a method.", UserWarning, stacklevel=2
-                )
-                continue
-            self._extra[key] = value
-            setattr(self, key, value)
+            self._set_extra(key, value, stacklevel=3)
+
+    def _set_extra(self, key: str, value: Any, stacklevel: int = 2) -> bool:
+        """Keep an unknown key as an attribute (saved by ``save_pretrained``), unless it would shadow a method or
+        a private attribute; whether it was kept."""
+        own = getattr(type(self), key, None)
+        if key.startswith("_") or callable(own) or isinstance(own, property):
+            warnings.warn(f"Ignoring config key {key!r}: it would shadow a method.", UserWarning,
+                          stacklevel=stacklevel + 1)
+            return False
+        self._extra[key] = value
+        setattr(self, key, value)
+        return True
 
     # ---- processing ---------------------------------------------------------------------------------------
 
@@ -693,8 +957,8 @@ class ViTImageProcessor(PushToHubMixin):
                 returns it; transformers' ``ChannelDimension`` members are accepted too.
             device: With ``return_tensors="pt"``, put ``pixel_values`` on this device (the torch backend also
                 resizes there).
-            **overrides: Any of ``do_resize, size, resample, do_rescale, rescale_factor, do_normalize,
-                image_mean, image_std, do_convert_rgb`` for this call only.
+            **overrides: Any of ``do_resize, size, resample, do_center_crop, crop_size, do_rescale,
+                rescale_factor, do_normalize, image_mean, image_std, do_convert_rgb`` for this call only.
         """
         if isinstance(return_tensors, str):
             return_tensors = return_tensors.lower()
@@ -714,6 +978,9 @@ class ViTImageProcessor(PushToHubMixin):
         mean = _standardize_stats(opts["image_mean"], "image_mean")
         std = _standardize_stats(opts["image_std"], "image_std")
         rescale_factor = float(opts["rescale_factor"])
+        crop = None
+        if opts["do_center_crop"]:
+            crop = _crop_hw(_standardize_size(opts["crop_size"]) if "crop_size" in overrides else self.crop_size)
 
         # each (C, H, W); the PIL backend resizes PIL images as RGB PIL images (no round trip through an array)
         keep_pil = self.backend != "torch" and opts["do_resize"]
@@ -732,7 +999,7 @@ class ViTImageProcessor(PushToHubMixin):
         if self.backend == "torch":
             pixel_values = self._run_torch(
                 arrays, opts["do_resize"], size, resample, opts["do_rescale"], rescale_factor,
-                opts["do_normalize"], mean, std, device,
+                opts["do_normalize"], mean, std, device, crop,
             )  # fmt: skip
         else:
             # float32, or as in transformers: a float input's own dtype (normalize only), the pixels' (neither)
@@ -744,7 +1011,7 @@ class ViTImageProcessor(PushToHubMixin):
                 return chw
 
             convert = opts["do_rescale"] or opts["do_normalize"]
-            shape = _common_output_shape(arrays, size, opts["do_resize"])
+            shape = _common_output_shape(arrays, size, opts["do_resize"], crop)
             dtypes = {_pil_output_dtype(chw, opts["do_resize"], opts["do_rescale"], opts["do_normalize"])
                       for chw in arrays}
             out_dtype = dtypes.pop() if len(dtypes) == 1 else None
@@ -759,6 +1026,8 @@ class ViTImageProcessor(PushToHubMixin):
                 chw = arrays[i]
                 if opts["do_resize"]:
                     chw = _pil_resize(chw, _output_size(size, *_chw_shape(chw)[1:]), resample)
+                if crop is not None:
+                    chw = _center_crop_np(chw, crop)
                 if chw.dtype == np.uint8 and convert:
                     with tables_lock:
                         if chw.shape[0] not in tables:
@@ -791,20 +1060,22 @@ class ViTImageProcessor(PushToHubMixin):
         mean: float | tuple[float, ...],
         std: float | tuple[float, ...],
         device: str | torch.device | None,
+        crop: tuple[int, int] | None = None,
     ) -> list[torch.Tensor] | torch.Tensor:
-        """Batched resize/rescale/normalize with torch; images of equal shape and kind are resized together.
+        """Batched resize/(center crop)/rescale/normalize with torch; images of equal shape and kind are resized
+        together.
 
         Returns one (B, C, h, w) tensor when every image comes out the same size and dtype, else a list of
         (C, h, w). The dtype is float32 unless ``do_normalize=False``; then it is the input's, as transformers'
         torchvision backend gives it: the pixels' own without ``do_rescale``, a float input's own with it."""
-        if do_resize and resample not in _TORCH_MODES:
-            raise ValueError(f"resample={resample} is not available with backend='torch'; use backend='pil'.")
+        if do_resize:  # the filter is checked (and LANCZOS may fall back) before any work
+            mode, antialias = _torch_mode(resample, torch.device("cpu" if device is None else device))
         groups: dict[tuple[Any, ...], list[int]] = {}
         for i, chw in enumerate(arrays):
             is_int = not np.issubdtype(chw.dtype, np.floating)
             dtype = _torch_output_dtype(chw.dtype, do_rescale, do_normalize)
             groups.setdefault((chw.shape, is_int, dtype), []).append(i)
-        common = _common_output_shape(arrays, size, do_resize)
+        common = _common_output_shape(arrays, size, do_resize, crop)
         dtypes = {dtype for _, _, dtype in groups}
         # one output batch when every image comes out the same size: no stacking copy afterwards
         whole = (torch.empty((len(arrays), *common), dtype=dtypes.pop(), device=device)
@@ -821,7 +1092,9 @@ class ViTImageProcessor(PushToHubMixin):
                 batch = batch.to(device)
             if do_resize:
                 # torch's uint8 antialiased kernel works on channels-last images (faster than channels-first: bench/parts.py, rows "resize")
-                batch = _torch_resize(batch, _output_size(size, shape[1], shape[2]), resample)
+                batch = _torch_resize(batch, _output_size(size, shape[1], shape[2]), mode, antialias)
+            if crop is not None:
+                batch = _center_crop_torch(batch, crop)
             if dtype != torch.float32:  # do_normalize=False and a non-float32 output (rare: made simply)
                 for j, i in enumerate(idx):
                     value = batch[j].to(dtype)
@@ -861,6 +1134,12 @@ class ViTImageProcessor(PushToHubMixin):
         )
         if self.do_convert_rgb is not None:
             out["do_convert_rgb"] = self.do_convert_rgb
+        if self.do_center_crop is not None:
+            out["do_center_crop"] = self.do_center_crop
+        if self.crop_size is not None:
+            out["crop_size"] = dict(self.crop_size)
+        if self.backend == "pil":  # so that vitmsn loads it with this backend again (transformers ignores it)
+            out[BACKEND_KEY] = "pil"
         return out
 
     def to_json_string(self) -> str:
@@ -884,11 +1163,33 @@ class ViTImageProcessor(PushToHubMixin):
         return [str(path)]
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any], **overrides: Any) -> ViTImageProcessor:
-        """Build from a config dict (as found in ``preprocessor_config.json``); ``overrides`` win."""
+    def from_dict(cls, image_processor_dict: Mapping[str, Any], /, **kwargs: Any) -> Any:
+        """Build from a config dict (as found in ``preprocessor_config.json``), as transformers does: keyword
+        arguments that are settings (the constructor's, and transformers' image-processor options) replace the
+        config's values, and those naming an attribute the processor already has (e.g. a key of the config) set
+        it; the others are not kept. ``return_unused_kwargs=True`` returns ``(processor, unused)``, ``unused``
+        the keyword arguments that were not used."""
+        return_unused_kwargs = kwargs.pop("return_unused_kwargs", False)
+        processor, unused = cls._build(image_processor_dict, kwargs)
+        return (processor, unused) if return_unused_kwargs else processor
+
+    @classmethod
+    def _build(cls, config: Mapping[str, Any], kwargs: Mapping[str, Any]) -> tuple[ViTImageProcessor, dict[str, Any]]:
+        """(processor, unused keyword arguments) for :meth:`from_dict`: settings go to the constructor, then
+        keys of attributes the processor has are set, as transformers' ``from_dict`` does."""
         merged = dict(config)
-        merged.update(overrides)
-        return cls(**merged)
+        rest: dict[str, Any] = {}
+        for key, value in kwargs.items():
+            if key in _SETTING_KEYS:
+                merged[key] = value
+            else:
+                rest[key] = value
+        processor = cls(**merged)
+        unused = {}
+        for key, value in rest.items():
+            if not (hasattr(processor, key) and processor._set_extra(key, value, stacklevel=4)):
+                unused[key] = value
+        return processor, unused
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike[str]) -> ViTImageProcessor:
@@ -907,21 +1208,25 @@ class ViTImageProcessor(PushToHubMixin):
         subfolder: str = "",
         use_fast: bool | None = None,
         return_unused_kwargs: bool = False,
-        **overrides: Any,
-    ) -> ViTImageProcessor | tuple[ViTImageProcessor, dict[str, Any]]:
+        **kwargs: Any,
+    ) -> Any:
         """Load from a directory, a ``preprocessor_config.json`` file, or a Hub repo id.
 
-        ``overrides`` replace values from the file (e.g. ``size=384``, ``backend="torch"``). Hub ids are resolved
-        with :func:`vitmsn.hub.resolve_file` (honours ``HF_HUB_OFFLINE`` and the Hub cache); ``subfolder`` is a
-        folder of the directory or repository that holds the file. transformers' other loader arguments
-        (``proxies``, ``trust_remote_code``, ``image_processor_filename``, ...) are accepted as transformers does;
-        like the ones above, they are never kept as settings (nor saved). ``use_fast=True`` means
-        ``backend="torch"``. ``return_unused_kwargs=True`` returns ``(processor, unused)``, ``unused`` the
-        loader arguments that had no use here (e.g. ``trust_remote_code``); every other keyword is used
-        (unknown ones are kept as attributes, as by the constructor).
+        Hub ids are resolved with :func:`vitmsn.hub.resolve_file` (honours ``HF_HUB_OFFLINE`` and the Hub cache);
+        ``subfolder`` is a folder of the directory or repository that holds the file, ``image_processor_filename``
+        another name for the file. The backend is ``backend`` / ``use_fast`` if given (``use_fast=False``:
+        ``"pil"``), else the class's (:class:`ViTImageProcessorPil`, :class:`ViTImageProcessorFast`), else the one
+        the file asks for (see the module docstring), else ``"torch"``.
+
+        Other keyword arguments are handled as by transformers 5: settings (``size=384``, ``do_center_crop``,
+        ...) replace the file's values, keys of attributes the processor has set them, and the rest (``foo=1``,
+        ``trust_remote_code``, ``proxies``, ...) is not kept as settings (nor saved).
+        ``return_unused_kwargs=True`` returns ``(processor, unused)``, ``unused`` the keyword arguments that had
+        no use here, as transformers' (e.g. ``{"foo": 1, "trust_remote_code": True}``; ``use_fast`` and
+        ``use_auth_token`` are used here).
         """
-        unused = {k: v for k, v in overrides.items() if k in LOADER_ONLY_KWARGS and not k.startswith("_")}
-        hub, overrides = _split_loader_kwargs(overrides)
+        hub = _hub_kwargs(kwargs)
+        kwargs = {k: v for k, v in kwargs.items() if k not in _PROCESSOR_LOADER_KEYS}
         config = load_processor_config(
             pretrained_model_name_or_path,
             revision=revision,
@@ -932,14 +1237,28 @@ class ViTImageProcessor(PushToHubMixin):
             subfolder=subfolder,
             **hub,
         )
-        if use_fast is not None and "backend" not in overrides:
-            overrides["backend"] = "torch" if use_fast else "pil"
-        processor = cls.from_dict(config, **overrides)
-        return (processor, unused) if return_unused_kwargs else processor
+        if use_fast is not None and kwargs.get("backend") is None and kwargs.get("fast") is None:
+            kwargs["fast"] = bool(use_fast)  # backend wins, as in transformers
+        return cls.from_dict(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def __repr__(self) -> str:
-        backend = "" if self.backend == "pil" else f"(backend={self.backend!r})"
+        default = self._class_backend or "torch"
+        backend = "" if self.backend == default else f"(backend={self.backend!r})"
         return f"{type(self).__name__}{backend} {self.to_json_string()}"
+
+
+class ViTImageProcessorPil(ViTImageProcessor):
+    """:class:`ViTImageProcessor` with the PIL backend by default (transformers 5's name for it): bit for bit
+    transformers' PIL numbers (``ViTImageProcessorPil`` of 5.x, ``ViTImageProcessor`` of 4.x)."""
+
+    _class_backend = "pil"
+
+
+class ViTImageProcessorFast(ViTImageProcessor):
+    """:class:`ViTImageProcessor` with the torch backend by default (transformers 4's name for its torchvision
+    processor)."""
+
+    _class_backend = "torch"
 
 
 ViTFeatureExtractor = ViTImageProcessor
@@ -1013,20 +1332,15 @@ def _load_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _split_loader_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """from_pretrained's extra keywords -> (loader arguments for :func:`load_processor_config`, processor
-    settings); transformers' loader-only arguments are dropped, ``use_auth_token`` is the old name of
-    ``token``."""
+def _hub_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments of :func:`load_processor_config` among from_pretrained's extra keywords
+    (``image_processor_filename``; ``use_auth_token``, the old name of ``token``)."""
     hub: dict[str, Any] = {}
-    settings: dict[str, Any] = {}
-    for key, value in kwargs.items():
-        if key == "image_processor_filename":
-            hub["filename"] = value
-        elif key == "use_auth_token":
-            hub["use_auth_token"] = value
-        elif key not in LOADER_ONLY_KWARGS:
-            settings[key] = value
-    return hub, settings
+    if "image_processor_filename" in kwargs:
+        hub["filename"] = kwargs["image_processor_filename"]
+    if "use_auth_token" in kwargs:
+        hub["use_auth_token"] = kwargs["use_auth_token"]
+    return hub
 
 
 def load_processor_config(
@@ -1070,8 +1384,11 @@ _VIT_PROCESSOR_TYPES = frozenset(
 class AutoImageProcessor:
     """Load the image processor of a ViT / ViT-MSN checkpoint (only ViT processors are supported).
 
-    Unlike transformers (whose ``AutoImageProcessor`` picks the torchvision backend when available), the
-    default here is the PIL backend, which reproduces transformers' ``backend="pil"`` numbers exactly.
+    As transformers 5's ``AutoImageProcessor``, it gives the torch backend (transformers' torchvision one, a
+    :class:`ViTImageProcessor`) unless ``backend="pil"`` or ``use_fast=False`` is passed (then a
+    :class:`ViTImageProcessorPil`, bit for bit transformers' PIL numbers) or the file asks for the PIL backend:
+    a processor saved by vitmsn with ``backend="pil"`` (its ``"vitmsn_backend": "pil"``), or an
+    ``image_processor_type`` of ``"ViTImageProcessorPil"``.
     """
 
     def __init__(self) -> None:
@@ -1093,36 +1410,43 @@ class AutoImageProcessor:
         force_download: bool = False,
         subfolder: str = "",
         return_unused_kwargs: bool = False,
-        **overrides: Any,
-    ) -> ViTImageProcessor | tuple[ViTImageProcessor, dict[str, Any]]:
-        """Read the config, check it describes a ViT processor, and build a :class:`ViTImageProcessor`.
+        **kwargs: Any,
+    ) -> Any:
+        """Read the config, check it describes a ViT processor, and build a :class:`ViTImageProcessor` (torch
+        backend) or :class:`ViTImageProcessorPil`.
 
-        ``backend``: ``"pil"`` (default) or ``"torch"``/``"torchvision"``; ``use_fast=True`` means ``"torch"``.
-        Loader arguments (``subfolder``, ``trust_remote_code``, ...) are handled as by
-        :meth:`ViTImageProcessor.from_pretrained`: never kept as settings.
+        ``backend``: ``"torch"`` (also ``"torchvision"``) or ``"pil"``; ``use_fast=True`` / ``False`` mean the
+        same; without either, the backend the file asks for, else ``"torch"``. ``processor_config``: a config
+        dict to use instead of reading one. Other keyword arguments are handled as by transformers 5:
+        settings replace the file's values; loader arguments (``subfolder``, ``trust_remote_code``,
+        ``config``, ...) are used or dropped, never kept as settings; ``return_unused_kwargs=True`` returns
+        ``(processor, unused)``, ``unused`` the keyword arguments that had no use (e.g. ``{"foo": 1}``).
         """
-        unused = {k: v for k, v in overrides.items() if k in LOADER_ONLY_KWARGS and not k.startswith("_")}
-        hub, overrides = _split_loader_kwargs(overrides)
-        config = load_processor_config(
-            pretrained_model_name_or_path,
-            revision=revision,
-            cache_dir=cache_dir,
-            token=token,
-            local_files_only=local_files_only,
-            force_download=force_download,
-            subfolder=subfolder,
-            **hub,
-        )
+        hub = _hub_kwargs(kwargs)
+        config = kwargs.get("processor_config")
+        kwargs = {k: v for k, v in kwargs.items() if k not in _AUTO_LOADER_KEYS}
+        if config is None:
+            config = load_processor_config(
+                pretrained_model_name_or_path,
+                revision=revision,
+                cache_dir=cache_dir,
+                token=token,
+                local_files_only=local_files_only,
+                force_download=force_download,
+                subfolder=subfolder,
+                **hub,
+            )
         kind = config.get("image_processor_type") or config.get("feature_extractor_type")
         if kind is not None and kind not in _VIT_PROCESSOR_TYPES:
             raise ValueError(
                 f"{os.fspath(pretrained_model_name_or_path)!r} has a {kind!r} image processor; only ViT processors "
                 f"({sorted(_VIT_PROCESSOR_TYPES)}) are supported."
             )
-        if backend is None and use_fast is not None:
-            backend = "torch" if use_fast else "pil"
-        processor = ViTImageProcessor.from_dict(config, backend=backend, **overrides)
-        return (processor, unused) if return_unused_kwargs else processor
+        fast = kwargs.pop("fast", None) if use_fast is None else use_fast  # backend wins, as in transformers
+        chosen = _standardize_backend(backend, None if backend is not None else fast,
+                                      _backend_of_config(config) or "torch")
+        processor_class = ViTImageProcessorPil if chosen == "pil" else ViTImageProcessor
+        return processor_class.from_dict(config, backend=chosen, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
 
 AutoFeatureExtractor = AutoImageProcessor

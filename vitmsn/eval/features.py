@@ -36,7 +36,7 @@ def load_backbone(path_or_id: str | os.PathLike, device: str | torch.device = "c
     cls = ViTModel if model_type == "vit" else ViTMSNModel
     kwargs = {"add_pooling_layer": False} if cls is ViTModel else {}
     model = cls.from_pretrained(path_or_id, torch_dtype=dtype, **kwargs).to(device).eval()
-    try:
+    try:  # the folder's processor, as a user of the folder gets it
         processor = AutoImageProcessor.from_pretrained(path_or_id)
     except (FileNotFoundError, OSError):
         size = model.config.image_size

@@ -45,8 +45,9 @@ __all__ = [
 
 
 def load_processor(path_or_id: str | os.PathLike, image_size: int | Sequence[int] | None = None) -> Any:
-    """The checkpoint's image processor; without a ``preprocessor_config.json``, a default ViT processor
-    (mean = std = 0.5) at ``image_size``, as :func:`vitmsn.eval.features.load_backbone` does."""
+    """The checkpoint's image processor (with the backend a user of the folder gets: the one it was saved
+    with, else transformers 5's torch one); without a ``preprocessor_config.json``, a default ViT processor
+    (mean = std = 0.5) at ``image_size``, as :func:`vitmsn.eval.features.load_backbone` makes it."""
     from vitmsn.processing import AutoImageProcessor, ViTImageProcessor
 
     try:
