@@ -440,3 +440,31 @@ def test_transformers_model_conveniences(tmp_path_factory):
     assert ours(torch.randn(1, 3, 32, 32)).logits.requires_grad  # through frozen weights, from the embedding
     ours.disable_input_require_grads()
     assert not ours(torch.randn(1, 3, 32, 32)).logits.requires_grad
+
+
+@pytest.mark.parametrize("change,words", [
+    ({"patch_size": None}, "patch_size must be an integer"),
+    ({"image_size": 28.0}, "image_size must be an integer"),
+    ({"image_size": "32"}, "image_size must be an integer"),  # not the pair (3, 2) of its characters
+    ({"id2label": {"a": "x"}}, "id2label keys must be class indices"),
+    ({"num_hidden_layers": 2.5}, "num_hidden_layers must be a positive integer"),
+])
+def test_bad_config_json_is_one_error_naming_the_file(tmp_path, change, words):
+    model = vitmsn.ViTMSNModel(vitmsn.ViTMSNConfig(**TINY))
+    model.save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**data, **change}))
+    with pytest.raises(CheckpointError, match=f"config.json of {tmp_path}: {words}"):
+        vitmsn.ViTMSNModel.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=f"config.json of {tmp_path}: {words}"):
+        vitmsn.ViTMSNConfig.from_pretrained(tmp_path)
+
+
+def test_pickle_that_is_no_state_dict_or_empty(tmp_path):
+    vitmsn.ViTMSNModel(vitmsn.ViTMSNConfig(**TINY)).save_pretrained(tmp_path, safe_serialization=False)
+    torch.save([torch.zeros(1)], tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="holds a list, not a dict of tensors"):
+        vitmsn.ViTMSNModel.from_pretrained(tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="the file is empty"):
+        vitmsn.ViTMSNModel.from_pretrained(tmp_path)

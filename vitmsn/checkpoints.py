@@ -308,7 +308,10 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_safetensors(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"cannot read {path}: the safetensors file is damaged or truncated ({e})") from None
-    return load_pickle(path)
+    weights = load_pickle(path)
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{path} holds a {type(weights).__name__}, not a dict of tensors (a state dict)")
+    return weights
 
 
 def _globals_in_pickle(path: str | os.PathLike) -> str | None:
@@ -340,6 +343,8 @@ def load_pickle(path: str | os.PathLike, mmap: bool = False) -> Any:
     """``torch.load`` with ``weights_only=True``; a file that would need to run code is refused. ``mmap``
     (for torch.save's zip files): tensors stay in the file until used, so that N processes resuming one run
     do not each hold a full copy in memory at once."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise CheckpointError(f"cannot read {path}: the file is empty")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except __import__("pickle").UnpicklingError as e:
@@ -470,7 +475,10 @@ def load_pretrained(cls: type, path_or_id: str | os.PathLike, *model_args: Any, 
             logger.warning("loading a %r checkpoint into %s", model_type, cls.__name__)
             data = {k: v for k, v in data.items() if k != "model_type"}
         saved_dtype = data.get("dtype") or data.get("torch_dtype")
-        config = cls.config_class.from_dict(data, **overrides)
+        try:
+            config = cls.config_class.from_dict(data, **overrides)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"config.json of {path_or_id}: {e}") from None
     elif not isinstance(config, ViTConfig):
         raise TypeError(f"config must be a ViTConfig or ViTMSNConfig, got {type(config).__name__}")
     else:

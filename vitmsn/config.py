@@ -35,13 +35,16 @@ _IGNORED_KEYS = frozenset({"transformers_version", "_name_or_path", "_commit_has
 _FLAG_DEFAULTS = {"output_attentions": False, "output_hidden_states": False, "return_dict": True}
 
 
-def pair(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+def pair(x: int | tuple[int, int] | list[int], name: str = "size") -> tuple[int, int]:
     """``224`` -> ``(224, 224)``; ``(224, 192)`` stays as it is (height, width)."""
-    if isinstance(x, int):
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if is_int(x):
         return (x, x)
-    if len(x) != 2:
-        raise ValueError(f"expected an int or a (height, width) pair, got {x!r}")
-    return (int(x[0]), int(x[1]))
+    if not isinstance(x, list | tuple) or len(x) != 2 or not all(is_int(v) for v in x):
+        raise ValueError(f"{name} must be an integer or a [height, width] pair of integers, got {x!r}")
+    return (x[0], x[1])
 
 
 def _json_value(value: Any) -> Any:
@@ -136,7 +139,13 @@ class ViTConfig:
     # ------------------------------------------------------------------ labels
     def _init_labels(self) -> None:
         if self.id2label is not None:
-            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            if not isinstance(self.id2label, dict):
+                raise ValueError(f"id2label must map class indices to names, got {self.id2label!r}")
+            try:
+                self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            except (TypeError, ValueError):
+                raise ValueError(f"id2label keys must be class indices (0, 1, ...), got {list(self.id2label)[:5]}")\
+                    from None
             if self.num_labels is not None and self.num_labels != len(self.id2label):
                 raise ValueError(
                     f"num_labels={self.num_labels} disagrees with id2label, which has {len(self.id2label)} entries"
@@ -171,7 +180,7 @@ class ViTConfig:
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads})"
             )
-        (ih, iw), (ph, pw) = pair(self.image_size), pair(self.patch_size)
+        (ih, iw), (ph, pw) = pair(self.image_size, "image_size"), pair(self.patch_size, "patch_size")
         if min(ih, iw, ph, pw) <= 0:
             raise ValueError(f"image_size and patch_size must be positive, got {self.image_size}, {self.patch_size}")
         if ih % ph or iw % pw:
@@ -424,7 +433,10 @@ class ViTConfig:
             data = {k: v for k, v in data.items() if k != "model_type"}
         known = set(cls.__dataclass_fields__) | set(data) | {"_attn_implementation"}
         overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in known}
-        config = cls.from_dict(data, **overrides)
+        try:
+            config = cls.from_dict(data, **overrides)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"config.json of {path_or_id}: {e}") from None
         config._name_or_path = str(path_or_id)  # not saved
         return (config, kwargs) if return_unused_kwargs else config
 

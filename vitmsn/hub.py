@@ -149,8 +149,8 @@ def resolve_file(
             else "the Hub could not be reached"
         )
         raise OSError(
-            f"Cannot load {filename!r} for {repo_id!r}: {reason} and the file is not in the local cache. "
-            "Pass a local directory containing the files instead, or download them while online first."
+            f"Cannot load {filename!r} for {repo_id!r}: there is no local directory of that name, {reason}, and "
+            "the file is not in the local cache. Check the path, or download the files while online first."
         ) from err
     except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError) as err:
         raise OSError(
