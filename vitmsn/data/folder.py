@@ -35,7 +35,9 @@ __all__ = [
     "is_image_file",
     "load_image",
     "percent_subset",
+    "read_subset_entries",
     "read_subset_file",
+    "subset_entries_to_indices",
     "write_subset_file",
 ]
 
@@ -377,13 +379,38 @@ def read_subset_file(path: str | os.PathLike[str], dataset: Any) -> list[int]:
         ValueError: unknown or ambiguous entries (the first few are listed).
     """
     path = Path(path)
-    entries: list[str] = []
-    with open(path, encoding="utf-8") as fh:
-        for raw in fh:
-            line = raw.strip()
-            if line and not line.startswith("#"):
-                entries.append(line.replace("\\", "/").removeprefix("./"))
+    entries = read_subset_entries(path)
+    return subset_entries_to_indices(entries, dataset, path)
 
+
+def read_subset_entries(path: str | os.PathLike[str]) -> list[str]:
+    """The entries of a subset file (non-blank lines not starting with ``#``, ``/`` separators).
+
+    Raises:
+        FileNotFoundError / OSError: the file cannot be read; the message names it.
+    """
+    path = Path(path)
+    entries: list[str] = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for raw in fh:
+                line = raw.strip()
+                if line and not line.startswith("#"):
+                    entries.append(line.replace("\\", "/").removeprefix("./"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"subset file {path} does not exist") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"subset file {path} is a directory, not a file") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"subset file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise type(e)(f"subset file {path}: cannot read it ({e.strerror or e})") from None
+    return entries
+
+
+def subset_entries_to_indices(entries: Sequence[str], dataset: Any, path: str | os.PathLike[str] = "") -> list[int]:
+    """The dataset indices of a subset file's ``entries`` (see :func:`read_subset_file`); ``path`` names the file
+    in the error."""
     keys = _dataset_keys(dataset)
     missing: list[str] = []
     ambiguous: list[str] = []
@@ -467,11 +494,12 @@ def _class_permutation(idx: np.ndarray, seed: int, cls: int) -> np.ndarray:
     return idx[rng.permutation(len(idx))]
 
 
-def balanced_subset(labels: Sequence[int] | np.ndarray, shots_per_class: int, seed: int = 0) -> np.ndarray:
+def balanced_subset(labels: Sequence[int] | np.ndarray, shots_per_class: int, seed: int = 0,
+                    classes: Sequence[str] | None = None) -> np.ndarray:
     """Exactly ``shots_per_class`` random indices per class, sorted ascending.
 
-    Deterministic given ``seed`` (non-negative).  Raises ValueError naming the class when a
-    class has fewer than ``shots_per_class`` images.
+    Deterministic given ``seed`` (non-negative).  Raises ValueError naming the class (by its name in
+    ``classes`` when given, else its index) when a class has fewer than ``shots_per_class`` images.
     """
     if shots_per_class < 1:
         raise ValueError(f"shots_per_class must be >= 1, got {shots_per_class}")
@@ -482,8 +510,9 @@ def balanced_subset(labels: Sequence[int] | np.ndarray, shots_per_class: int, se
     for cls in np.unique(arr):
         idx = np.flatnonzero(arr == cls)
         if len(idx) < shots_per_class:
+            name = f"{classes[int(cls)]!r}" if classes is not None and int(cls) < len(classes) else str(int(cls))
             raise ValueError(
-                f"class {int(cls)} has only {len(idx)} images, fewer than shots_per_class={shots_per_class}"
+                f"class {name} has only {len(idx)} images, fewer than shots_per_class={shots_per_class}"
             )
         chosen.append(_class_permutation(idx, seed, int(cls))[:shots_per_class])
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)

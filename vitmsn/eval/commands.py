@@ -228,7 +228,8 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
         "--model", required=True, help="model directory or Hub id (any ViT / ViT-MSN; heads dropped)"
     )
     sp.add_argument("--data", required=True, help="'fashion-mnist' or an image folder")
-    sp.add_argument("--split", help="fashion-mnist: train (default) or test; a folder: a sub-folder to use")
+    sp.add_argument("--split", help="fashion-mnist: train (default) or test; a folder: a sub-folder to use "
+                                    "(default for a folder with train/ and val/ or test/: train)")
     sp.add_argument("--out", required=True, help="output file (.npz is appended if missing)")
     sp.add_argument("--pool", choices=("cls", "cls_prenorm"), default="cls",
                     help="CLS after the final LayerNorm (default, as transformers) or before it (as the original "

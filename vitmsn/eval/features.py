@@ -41,7 +41,39 @@ def load_backbone(path_or_id: str | os.PathLike, device: str | torch.device = "c
     except (FileNotFoundError, OSError):
         size = model.config.image_size
         processor = ViTImageProcessor(size={"height": size, "width": size} if isinstance(size, int) else size)
+        warn_default_processor(path_or_id, processor)
     return model, processor
+
+
+def warn_default_processor(path_or_id: str | os.PathLike, processor: Any) -> None:
+    """One WARNING when a model folder has no ``preprocessor_config.json`` and a default processor stands in:
+    the model may have been trained with other pixel statistics, which would silently change its features."""
+    size = getattr(processor, "size", None)
+    size = f"{size['height']}x{size['width']}" if isinstance(size, dict) and "height" in size else str(size)
+    logger.warning(
+        "%s has no preprocessor_config.json: using a default ViT image processor (resize to %s, "
+        "mean %s, std %s); if the model was trained with other pixel statistics its features will be off: save "
+        "its image processor into the folder", path_or_id, size, list(getattr(processor, "image_mean", [])),
+        list(getattr(processor, "image_std", [])))  # fmt: skip
+
+
+def check_writable_folder(folder: str | os.PathLike, label: str | None = None) -> Path:
+    """Create ``folder`` (and its parents) and test-write a file in it, before minutes of work whose results
+    go there; an error names the folder (``label``, default ``--out FOLDER``) instead of a bare ``[Errno 30]``
+    at the end."""
+    import tempfile
+
+    folder = Path(folder)
+    label = label or f"--out {folder}"
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{label} is a file, not a folder: choose a folder (new or existing)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise type(e)(f"{label}: cannot write there ({e.strerror or e})") from None
+    return folder
 
 
 class _Labelled(Dataset):
@@ -159,6 +191,14 @@ def features_path(path: str | os.PathLike) -> Path:
         path = path.with_name(path.name + ".npz")
     if path.is_dir():
         raise IsADirectoryError(f"--out {path} is a directory: give the .npz file to write")
+    return path
+
+
+def check_features_out(path: str | os.PathLike) -> Path:
+    """:func:`features_path`, and its folder created and test-written: a bad ``--out`` (a directory, a
+    read-only folder, a folder that is a file) fails before the features are computed, naming the path."""
+    path = features_path(path)
+    check_writable_folder(path.parent, f"--out {path}: its folder {path.parent}")
     return path
 
 

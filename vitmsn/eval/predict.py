@@ -26,7 +26,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vitmsn.distributed import bf16_autocast, resolve_device
-from vitmsn.eval.features import POOLINGS, extract_features, features_path, load_backbone, save_features
+from vitmsn.eval.features import (
+    POOLINGS,
+    check_features_out,
+    extract_features,
+    load_backbone,
+    save_features,
+    warn_default_processor,
+)
 
 logger = logging.getLogger("vitmsn")
 
@@ -60,10 +67,9 @@ def load_processor(path_or_id: str | os.PathLike, image_size: int | Sequence[int
             if isinstance(image_size, int)
             else {"height": image_size[0], "width": image_size[1]}
         )
-        logger.info(
-            "%s has no preprocessor_config.json: using a default ViT processor at %s", path_or_id, size
-        )
-        return ViTImageProcessor(size=size)
+        processor = ViTImageProcessor(size=size)
+        warn_default_processor(path_or_id, processor)
+        return processor
 
 
 def load_classifier(
@@ -207,6 +213,20 @@ def labelled_or_unlabelled_folder(folder: str | os.PathLike) -> Any:
     return ImageFolderDataset(root, labelled=has_subfolders)
 
 
+def _default_folder_split(folder: Path) -> str | None:
+    """``"train"`` for a folder laid out as ``vitmsn lowshot`` and ``vitmsn finetune`` read it (``train/`` beside
+    ``val/`` or ``test/``, class sub-folders in each), with a log line; else None (the folder itself). Without
+    this, the split names would become the class labels."""
+    if not folder.is_dir() or not (folder / "train").is_dir():
+        return None
+    other = next((n for n in ("val", "test") if (folder / n).is_dir()), None)
+    if other is None:
+        return None
+    logger.info("%s holds train/ and %s/ folders: extracting train/ (as finetune trains on it; pass --split %s "
+                "for the other)", folder, other, other)  # fmt: skip
+    return "train"
+
+
 def extract(
     model: str | os.PathLike,
     data: str | os.PathLike,
@@ -226,8 +246,9 @@ def extract(
     Args:
         model: any ViT / ViT-MSN checkpoint (heads are dropped).
         data: ``"fashion-mnist"`` (``split`` "train" (default) or "test"; ``data_root`` = where its files are),
-            or an image folder (``split`` = a sub-folder of it to use instead); images in class sub-folders get
-            their class as label, loose images label -1.
+            or an image folder (``split`` = a sub-folder of it to use instead; for a folder with ``train/`` and
+            ``val/`` (or ``test/``) sub-folders the default is ``train``); images in class sub-folders get their
+            class as label, loose images label -1.
         pool: ``"cls"`` (after the final LayerNorm) or ``"cls_prenorm"`` (before it).
 
     Returns:
@@ -237,7 +258,7 @@ def extract(
     if pool not in POOLINGS:
         raise ValueError(f"pool must be one of {POOLINGS}, got {pool!r}")
     _check_batch_size(batch_size)
-    features_path(out)  # a bad --out fails now, not after the features are computed
+    check_features_out(out)  # a bad --out (a directory, a folder that cannot be written) fails now, not after
     if str(data) == "fashion-mnist":
         from vitmsn.data.fashion_mnist import CLASSES, FashionMNIST
 
@@ -248,6 +269,7 @@ def extract(
         paths = [f"fashion-mnist/{split}/{i}" for i in range(len(dataset))]
         classes: list[str] | None = list(CLASSES)
     else:
+        split = split or _default_folder_split(Path(data))
         dataset = labelled_or_unlabelled_folder(Path(data) / split if split else data)
         paths, classes = None, (list(dataset.classes) or None)
     dev = resolve_device(device)

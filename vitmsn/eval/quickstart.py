@@ -11,7 +11,9 @@ import argparse
 import json
 import logging
 import platform
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,36 +106,107 @@ def pixels_of(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
 def run_lowshot(model: str, data: str, *, shots: list[int], splits: int, percent: list[float], pool: str,
                 knn_k: int | None, full: bool, subset_files: list[str], batch_size: int, device: str | None,
                 out: str | None, seed: int = 0, progress: bool = True, data_root: str | None = None,
-                max_train: int | None = None, max_test: int | None = None) -> dict[str, list[lowshot.LowShotRow]]:
-    """Frozen features of ``model`` on ``data``, then the low-shot table; optional JSON and PNG."""
-    from vitmsn.eval.features import extract_features, load_backbone
+                max_train: int | None = None, max_test: int | None = None,
+                report: Callable[[dict[str, list[lowshot.LowShotRow]]], None] | None = None,
+                ) -> dict[str, list[lowshot.LowShotRow]]:
+    """Frozen features of ``model`` on ``data``, then the low-shot table; optional JSON and PNG in ``out``.
+
+    Everything that can be checked without the features is checked first (settings, ``out`` created and
+    test-written, shot counts, subset files read and matched); ``report(columns)`` (e.g. printing the table)
+    runs before the files are written, so that a failing write does not lose the results.
+    """
+    from vitmsn.eval.features import check_writable_folder, extract_features, load_backbone
 
     lowshot.check_settings(splits=splits, knn_k=knn_k, batch_size=batch_size)  # before minutes of features
+    outp = check_writable_folder(out) if out else None
     train, test, classes = labelled_splits(data, root=data_root)
     train, test = _first(train, max_train), _first(test, max_test)
     _check_shots(train, shots, classes)  # before minutes of features
+    subsets = [(Path(f).name, _subset_keys(f, train)) for f in subset_files]
+    train_labels, test_labels = _labels_of(train), _labels_of(test)
     backbone, processor = load_backbone(model, device=resolve_device(device))
     tx, ty = extract_features(backbone, train, processor, pool=pool, batch_size=batch_size, progress=progress,
                               desc="train features")
+    _check_readable_per_class(train_labels, ty, shots, classes)  # before the test features
     vx, vy = extract_features(backbone, test, processor, pool=pool, batch_size=batch_size, progress=progress,
                               desc="test features")
-    subsets = [(Path(f).name, _subset_indices(f, train)) for f in subset_files]
-    rows = lowshot.evaluate((tx, ty), (vx, vy), shots=shots, splits=splits, percent=percent, subsets=subsets,
-                            seed=seed, full=full, knn_k=knn_k)
+    _warn_classes_gone(test_labels, vy, classes)
+    subset_rows = [(name, _indices_now(name, keys, train)) for name, keys in subsets]
+    rows = lowshot.evaluate((tx, ty), (vx, vy), shots=shots, splits=splits, percent=percent, subsets=subset_rows,
+                            seed=seed, full=full, knn_k=knn_k, classes=classes)
     columns = {Path(model).name or model: rows}
-    if out:
-        outp = Path(out)
-        outp.mkdir(parents=True, exist_ok=True)
+    if report is not None:
+        report(columns)
+    if outp is not None:
         lowshot.save_json(outp / "lowshot.json", columns, {"model": model, "data": data, "pool": pool,
                                                            "splits": splits, "classes": classes})
         lowshot.plot(outp / "lowshot.png", columns)
     return columns
 
 
-def _subset_indices(path: str, dataset: Any) -> np.ndarray:
+def _subset_keys(path: str, dataset: Any) -> list[Any]:
+    """A subset file read and matched against ``dataset`` before any feature is computed (an error names the
+    file): the file paths of its images for an image folder (whose unreadable files the extraction leaves out,
+    which shifts the indices), else their indices."""
     from vitmsn.data.folder import read_subset_file
 
-    return np.asarray(read_subset_file(path, dataset), dtype=np.int64)
+    idx = np.asarray(read_subset_file(path, dataset), dtype=np.int64)
+    if len(idx) == 0:
+        raise ValueError(f"subset file {path} names no image")
+    labels = _labels_of(dataset)
+    if labels is not None and len(np.unique(labels[idx])) < 2:
+        raise ValueError(f"subset file {path}: its {len(idx)} image(s) are all of one class; logistic regression "
+                         "needs labelled images of at least two classes")
+    samples = getattr(dataset, "samples", None)
+    return [samples[i][0] for i in idx] if samples is not None else idx.tolist()
+
+
+def _indices_now(name: str, keys: list[Any], dataset: Any) -> np.ndarray:
+    """The indices of a subset file's images after the extraction left out the unreadable ones (a warning says
+    how many of the file's images that removed)."""
+    if not keys or not isinstance(keys[0], str):
+        return np.asarray(keys, dtype=np.int64)
+    position = {p: j for j, p in enumerate(dataset.paths)}
+    idx = [position[p] for p in keys if p in position]
+    if len(idx) < len(keys):
+        logger.warning("subset file %s: %d of its %d images are unreadable and left out", name,
+                       len(keys) - len(idx), len(keys))
+    if len(np.unique(np.asarray(dataset.targets)[idx])) < 2:
+        raise ValueError(f"subset file {name}: its readable images are of fewer than two classes; logistic "
+                         "regression needs labelled images of at least two classes")
+    return np.asarray(idx, dtype=np.int64)
+
+
+def _check_readable_per_class(before: np.ndarray | None, after: np.ndarray, shots: list[int],
+                              classes: list[str]) -> None:
+    """After the unreadable training images are left out: every class that had images must keep at least one,
+    and ``max(shots)`` for the k-shot rows. One error naming each such class, with its readable and total
+    counts (a class whose files are all unreadable is reported too, not silently dropped from the table)."""
+    if before is None:
+        return
+    need = max(shots) if shots else 1
+    present, total = np.unique(before[before >= 0], return_counts=True)
+    readable = np.bincount(after[after >= 0], minlength=len(classes))
+    short = [(classes[c], int(readable[c]), int(n)) for c, n in zip(present, total, strict=True)
+             if readable[c] < need]  # fmt: skip
+    if not short:
+        return
+    names = ", ".join(f"{name!r} ({r} readable of {n})" for name, r, n in short[:8]) + (" ..." if len(short) > 8
+                                                                                         else "")
+    what = (f"--shots {need} needs {need} readable training images per class" if shots
+            else "every class needs at least one readable training image")
+    raise ValueError(f"after leaving out unreadable image files (the warnings above name them), {what}; these "
+                     f"classes have fewer: {names}")
+
+
+def _warn_classes_gone(before: np.ndarray | None, after: np.ndarray, classes: list[str]) -> None:
+    """A test class whose images are all unreadable is not scored at all: say so."""
+    if before is None:
+        return
+    gone = sorted(set(np.unique(before[before >= 0]).tolist()) - set(np.unique(after).tolist()))
+    if gone:
+        logger.warning("no readable test image left for class(es) %s: the accuracy is over the other classes",
+                       ", ".join(repr(classes[c]) for c in gone))
 
 
 # ------------------------------------------------------------------------------------------ quickstart
@@ -149,6 +222,9 @@ def quickstart(*, data: str | None = None, out: str = "runs/quickstart", smoke: 
     from vitmsn.training import load_checkpoint
 
     outp = Path(out)
+    _check_quickstart_settings(settings or [])
+    _check_quickstart_data(data)
+    _check_quickstart_out(outp)
     cfg = preset("fashion-mnist").with_overrides({"out": str(outp / "pretrain"), "data": data})
     if smoke:  # a few steps on a few images: checks that everything runs, says nothing about accuracy
         cfg = cfg.with_overrides({"max_steps": 6, "batch_size": 32, "num_workers": 0, "tensorboard": False})
@@ -201,6 +277,53 @@ def quickstart(*, data: str | None = None, out: str = "runs/quickstart", smoke: 
     return outp
 
 
+#: the pretraining settings quickstart sets itself: ``--set`` of these would half work (e.g. pretrain on an
+#: image folder, then look for Fashion-MNIST's files in it for the low-shot table)
+_QUICKSTART_FIXED = ("dataset", "data", "out")
+
+
+def _check_quickstart_settings(settings: list[str]) -> None:
+    for a in settings:
+        key = a.split("=", 1)[0].strip().replace("-", "_")
+        if key in _QUICKSTART_FIXED:
+            raise ValueError(
+                f"--set {a}: quickstart always pretrains on Fashion-MNIST (--data is the folder of its IDX files) "
+                "and writes into --out; it cannot take --set dataset/data/out. For your own images use "
+                "vitmsn pretrain --preset vit-small/16 --data DIR --out RUN, then vitmsn export RUN MODEL and "
+                "vitmsn lowshot --model MODEL --data FOLDER")  # fmt: skip
+
+
+def _check_quickstart_data(data: str | None) -> None:
+    """``--data`` is the folder of Fashion-MNIST's IDX files: an image folder is refused before anything is
+    pretrained or downloaded into it, with what to run instead (pretrain's message names ``--set
+    dataset=folder`` and presets, which quickstart does not have)."""
+    if data is None:
+        return
+    from vitmsn.data.fashion_mnist import _find_split
+    from vitmsn.msn.train import _holds_images
+
+    folder = Path(data)
+    if folder.is_dir() and _find_split(folder, "train", []) is None and _holds_images(folder):
+        raise ValueError(
+            f"{data} holds image files, but quickstart's --data is the folder of Fashion-MNIST's IDX files "
+            "(train-images-idx3-ubyte.gz, ...; without --data they are found or downloaded). For your own "
+            f"images: vitmsn pretrain --preset vit-small/16 --data {data} --out RUN, then vitmsn export RUN "
+            "MODEL, then vitmsn lowshot --model MODEL --data FOLDER (FOLDER with train/ and val/, one "
+            "sub-folder per class)")  # fmt: skip
+
+
+def _check_quickstart_out(outp: Path) -> None:
+    """A new or empty folder, or a quickstart run (finished or interrupted: it holds ``pretrain/``), which is
+    reused or continued. Anything else is refused: quickstart writes report.md, lowshot.json, lowshot.png,
+    model/ and pretrain/ there, over whatever had those names (as export and convert refuse a non-empty OUT)."""
+    if outp.exists() and not outp.is_dir():
+        raise FileExistsError(f"--out {outp} is a file; give a folder for the quickstart run (a new one, or an "
+                              "earlier quickstart run to reuse or continue)")
+    if outp.is_dir() and any(outp.iterdir()) and not (outp / "pretrain").is_dir():
+        raise FileExistsError(f"--out {outp} is not empty and is not a quickstart run (it has no pretrain/ "
+                              "folder): choose a new or empty folder, so that nothing in it is overwritten")
+
+
 def _write_report(path: Path, table: str, meta: dict) -> None:
     from vitmsn.checkpoints import atomic_write_text
 
@@ -241,14 +364,17 @@ def _floats(s: str) -> list[float]:
 
 
 def cmd_lowshot(args: argparse.Namespace) -> None:
-    columns = run_lowshot(args.model, args.data, shots=args.shots, splits=args.splits, percent=args.percent,
-                          pool=args.pool, knn_k=args.knn, full=args.linear_probe, subset_files=args.subset_file or [],
-                          batch_size=args.batch_size, device=args.device, out=args.out, seed=args.seed,
-                          progress=not args.no_progress, data_root=args.data_root)
-    if args.json:
-        print(json.dumps({n: [r.to_dict() for r in rows] for n, rows in columns.items()}, indent=2))
-    else:
-        print(lowshot.format_table(columns))
+    def show(columns: dict[str, list[lowshot.LowShotRow]]) -> None:  # before --out is written
+        if args.json:
+            print(json.dumps({n: [r.to_dict() for r in rows] for n, rows in columns.items()}, indent=2))
+        else:
+            print(lowshot.format_table(columns))
+        sys.stdout.flush()
+
+    run_lowshot(args.model, args.data, shots=args.shots, splits=args.splits, percent=args.percent,
+                pool=args.pool, knn_k=args.knn, full=args.linear_probe, subset_files=args.subset_file or [],
+                batch_size=args.batch_size, device=args.device, out=args.out, seed=args.seed,
+                progress=not args.no_progress, data_root=args.data_root, report=show)
 
 
 def cmd_quickstart(args: argparse.Namespace) -> None:
@@ -290,6 +416,6 @@ def register(add) -> None:
     sp.add_argument("--data", help="folder with the Fashion-MNIST IDX files (default: Debian's location, then download)")
     sp.add_argument("--out", default="runs/quickstart", help="run folder (default runs/quickstart)")
     sp.add_argument("--smoke", action="store_true", help="a few steps on few images: checks that it all runs")
-    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a pretraining setting")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a pretraining setting (not dataset, data or out)")
     sp.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     sp.add_argument("--no-progress", action="store_true")
