@@ -523,3 +523,25 @@ def test_failed_download_leaves_no_folders(tmp_path, monkeypatch):
     with pytest.raises(urllib.error.URLError):
         fashion._download("train-images-idx3-ubyte", tmp_path / "a" / "b", 0x803)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_load_image_keeps_16_bit_and_float_images_and_applies_exif_rotation(tmp_path):
+    """PIL's own conversion to RGB clips 16-bit and float pixels (a 16-bit ramp turns nearly white, a [0, 1]
+    float image black); a camera's rotation tag is applied, as image viewers and transformers' load_image do."""
+    from vitmsn.data.folder import load_image
+
+    ramp16 = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp16).save(tmp_path / "ramp16.png")
+    Image.fromarray((ramp16 / 65535).astype(np.float32), mode="F").save(tmp_path / "ramp.tiff")
+    for name in ("ramp16.png", "ramp.tiff"):
+        x = np.asarray(load_image(tmp_path / name)).astype(np.float64)
+        assert x.shape == (64, 64, 3) and x.min() == 0 and x.max() == 255
+        assert abs(x.mean() - 127.5) < 0.5  # the ramp's mean, not 255 (clipped) or 0
+    half = np.zeros((20, 40, 3), np.uint8)
+    half[:, :20] = 255
+    img = Image.fromarray(half)
+    exif = img.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    img.save(tmp_path / "rotated.jpg", exif=exif)
+    shown = np.asarray(load_image(tmp_path / "rotated.jpg"))
+    assert shown.shape == (40, 20, 3) and shown[:15].mean() > 200 and shown[25:].mean() < 50

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch.utils.data
-from PIL import Image
+from PIL import Image, ImageOps
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -94,6 +94,20 @@ def is_image_file(path: str | os.PathLike[str]) -> bool:
     return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit or 32-bit grayscale image as 8-bit grayscale over its value range (PIL's own conversion clips
+    them to 255, turning a 16-bit image nearly white): 16-bit integers scaled by 255/65535, floats in [0, 1]
+    by 255; other floats, and 32-bit integers beyond 16 bits, clipped to [0, 255]. Other modes unchanged."""
+    if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
+        return img
+    x = np.asarray(img, dtype=np.float64)
+    if img.mode.startswith("I;16") or (img.mode == "I" and 255 < x.max() <= 65535):
+        x = x * (255 / 65535)
+    elif img.mode == "F" and x.size and 0.0 <= x.min() and x.max() <= 1.0:
+        x = x * 255
+    return Image.fromarray(np.clip(np.rint(x), 0, 255).astype(np.uint8), mode="L")
+
+
 def load_image(path: str | os.PathLike[str], mode: str = "RGB") -> Image.Image:
     """Open, fully decode and convert an image (default RGB).
 
@@ -109,9 +123,10 @@ def load_image(path: str | os.PathLike[str], mode: str = "RGB") -> Image.Image:
             warnings.simplefilter("ignore")  # e.g. palette-with-transparency or EXIF warnings
             with Image.open(path) as img:
                 img.load()
+                img = ImageOps.exif_transpose(img)  # as the photo is shown (a camera's rotation tag applied)
                 if img.mode == "P" and "transparency" in img.info and mode != "P":
                     img = img.convert("RGBA")
-                return img.convert(mode)
+                return _to_8bit(img).convert(mode)
     except ImageLoadError:
         raise
     except Image.UnidentifiedImageError:
