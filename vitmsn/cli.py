@@ -35,7 +35,10 @@ class UserError(Exception):
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
-    for noisy in ("PIL", "matplotlib", "urllib3", "httpx", "filelock", "huggingface_hub"):
+    # libraries that log their inner workings at INFO (torch.onnx's dynamo exporter and onnxscript: dozens of
+    # lines per export); their warnings and errors still show
+    for noisy in ("PIL", "matplotlib", "urllib3", "httpx", "filelock", "huggingface_hub", "onnxscript", "onnx_ir",
+                  "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -170,7 +173,72 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(add)
+    _common_options(sub)
     return p
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
+    """Every (sub)command's parser under ``parser``, nested ones (``convert msn``) included, with its name."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sp in action.choices.items():
+                found += [(name, sp), *_subparsers(sp)]
+    return found
+
+
+def _common_options(sub: argparse._SubParsersAction) -> None:
+    """What every subcommand shares, whichever module registered it: ``-v`` also after the subcommand's name,
+    help for ``--no-progress``; ``--overwrite`` for the commands that write one file (refused when it exists)."""
+    for name, sp in [(n, s) for n, s in sub.choices.items()] + [x for s in sub.choices.values()
+                                                               for x in _subparsers(s)]:
+        options = {o for a in sp._actions for o in a.option_strings}
+        if "--verbose" not in options:  # SUPPRESS: not given here leaves the value given before the subcommand
+            sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+        for action in sp._actions:
+            if "--no-progress" in action.option_strings and not action.help:
+                action.help = "no progress bar"
+        if name == "finetune":
+            sp.set_defaults(func=_clip_grad_above_zero(sp.get_default("func")))
+        if name in _ONE_FILE_OUTPUTS and "--overwrite" not in options:
+            sp.add_argument("--overwrite", action="store_true", help="replace the file --out names if it exists "
+                                                                     "(by default an existing file is refused)")
+            sp.set_defaults(func=_refusing_existing_out(sp.get_default("func"), _ONE_FILE_OUTPUTS[name]))
+
+
+def _clip_grad_above_zero(func: Callable) -> Callable:
+    """finetune's --clip-grad is > 0, as its help says (the library also takes 0 for no clipping)."""
+    def run(args: argparse.Namespace) -> None:
+        if args.clip_grad is not None and not args.clip_grad > 0:
+            raise UserError(f"clip_grad must be a number > 0 (leave --clip-grad out for no clipping), got "
+                            f"{args.clip_grad:g}")
+        func(args)
+
+    run.__wrapped__ = func  # type: ignore[attr-defined]
+    return run
+
+
+def _npz_path(out: str) -> Path:
+    from vitmsn.eval.features import features_path
+
+    return features_path(out)
+
+
+# subcommands that write the one file --out names (the path it becomes): checked before the work starts
+_ONE_FILE_OUTPUTS: dict[str, Callable[[str], Path]] = {"export-onnx": Path, "extract": _npz_path}
+
+
+def _refusing_existing_out(func: Callable, path_of: Callable[[str], Path]) -> Callable:
+    def run(args: argparse.Namespace) -> None:
+        out = path_of(args.out)
+        if out.is_dir():
+            raise UserError(f"--out {args.out} is a directory: give the file to write")
+        if out.exists() and not args.overwrite:
+            raise UserError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
+        func(args)
+
+    run.__wrapped__ = func  # type: ignore[attr-defined]
+    return run
 
 
 # Modules that define more subcommands next to the code they call: each has ``register(add)``, where
@@ -182,10 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     from vitmsn.checkpoints import CheckpointError
-    from vitmsn.training import NonFiniteLossError
+    from vitmsn.training import NonFiniteLossError, TrainingInterrupted
 
     try:
         args.func(args)
+    except TrainingInterrupted as e:  # a run saved its checkpoint after SIGINT / SIGTERM: where, how to go on
+        print(e, file=sys.stderr)
+        return e.exit_code
     except (UserError, CheckpointError, NonFiniteLossError, ValueError, OSError) as e:
         if args.verbose:
             raise

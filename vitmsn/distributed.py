@@ -120,6 +120,15 @@ def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def max_over_processes(n: int, device: torch.device | str) -> int:
+    """The largest of each process's ``n`` (every process must call it; ``n`` itself in one process)."""
+    if not (is_initialized() and world_size() > 1):
+        return int(n)
+    t = torch.tensor(int(n), dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t)
+
+
 def all_reduce_mean_(t: torch.Tensor) -> torch.Tensor:
     if is_initialized() and world_size() > 1:
         dist.all_reduce(t)

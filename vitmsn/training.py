@@ -10,7 +10,10 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -212,6 +215,75 @@ class MetricLogger:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+# --------------------------------------------------------------------------------------- stopping early
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT (Ctrl-C) or SIGTERM between two steps, after writing the checkpoint that
+    ``--resume`` continues from; ``str()`` is the one line to print, ``exit_code`` 128 + the signal number
+    (130 for SIGINT, 143 for SIGTERM). A ``KeyboardInterrupt``, so that code catching Ctrl-C still does."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.message, self.signum = message, int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class StopRequests:
+    """While a training loop runs: SIGINT and SIGTERM set ``signum`` instead of stopping the process, so
+    that the loop can finish its step, save and stop (a second Ctrl-C stops at once, with KeyboardInterrupt).
+
+    A context manager; handlers are installed in the main thread only (signals can only be handled there),
+    a signal that was ignored (``nohup``, background jobs of a non-interactive shell) stays ignored, and the
+    previous handlers are restored on exit.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, announce: bool = True):
+        self.signum: int | None = None
+        self.announce = announce
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                previous = signal.getsignal(sig)
+                if previous is signal.SIG_IGN or previous is None:  # ignored, or set outside Python: leave it
+                    continue
+                self._previous[sig] = previous
+                signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            if signum == signal.SIGINT:  # asked twice: stop now, without a checkpoint
+                raise KeyboardInterrupt
+            return
+        self.signum = signum
+        if self.announce:  # os.write: safe whatever the interrupted code was doing (tqdm, logging)
+            again = " (Ctrl-C again to stop at once, without one)" if signum == signal.SIGINT else ""
+            os.write(2, f"\n{signal.Signals(signum).name}: stopping after this step to save a checkpoint{again}\n"
+                     .encode())
+
+
+def ignore_sigint(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore Ctrl-C (which a terminal sends to the whole process
+    group), so that they go on feeding the main process while it finishes its step and saves."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class NonFiniteLossError(RuntimeError):

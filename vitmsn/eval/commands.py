@@ -19,6 +19,7 @@ from typing import Any
 _FINETUNE_OPTIONS = (
     "epochs", "batch_size", "lr", "min_lr", "weight_decay", "warmup_epochs", "label_smoothing", "layer_decay",
     "val_fraction", "val_data", "clip_grad", "seed", "num_workers", "max_steps", "data_root", "crop_scale",
+    "checkpoint_every_steps",
 )  # fmt: skip
 
 
@@ -188,6 +189,9 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument(
         "--max-steps", type=int, help="stop after this many steps (resumable; default: all epochs)"
     )
+    sp.add_argument("--checkpoint-every-steps", type=int, metavar="N",
+                    help="also save OUT/checkpoints/latest.pt every N steps (default 0: at the end of each epoch; "
+                         "Ctrl-C or SIGTERM saves it too)")  # fmt: skip
     sp.add_argument(
         "--seed",
         type=int,

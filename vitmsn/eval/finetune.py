@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import InterpolationMode, v2
 from tqdm.auto import tqdm
 
+from vitmsn.checkpoints import CheckpointError
 from vitmsn.distributed import bf16_autocast, resolve_device
 from vitmsn.msn.schedules import Schedule, default_no_decay, param_groups
 from vitmsn.training import (
@@ -49,6 +50,9 @@ from vitmsn.training import (
     MetricLogger,
     NonFiniteLossError,
     SeededTransform,
+    StopRequests,
+    TrainingInterrupted,
+    ignore_sigint,
     load_checkpoint,
     load_weights_into,
     non_finite_advice,
@@ -341,17 +345,62 @@ def saved_settings(out: str | os.PathLike) -> dict[str, Any]:
     path = Path(out) / SETTINGS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{out} holds no fine-tuning run ({SETTINGS_FILE} is missing)")
-    return json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a JSON file of fine-tuning settings ({e})") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} does not hold fine-tuning settings (a JSON object of setting: value, as "
+                         "vitmsn finetune writes it)")
+    for key, value in saved.items():
+        expected = _SETTING_TYPES.get(key)
+        if expected is not None and not _is_a(value, expected):
+            raise ValueError(f"{path}: {key} must be {expected}, got {value!r} (the file is damaged: fix the value, "
+                             f"or start the run again in another folder)")
+    return saved
 
 
-def _check_run_folder(out: Path, settings: dict[str, Any], resume: bool) -> None:
+# what each saved setting must be (finetune.json is checked before its values reach the run)
+_SETTING_TYPES = {
+    **dict.fromkeys(("model", "data"), "a string"),
+    **dict.fromkeys(("val_data", "data_root", "device"), "a string or null"),
+    **dict.fromkeys(("epochs", "batch_size", "seed", "num_workers", "log_every", "checkpoint_every_steps"),
+                    "a whole number"),
+    "max_steps": "a whole number or null",
+    **dict.fromkeys(("lr", "min_lr", "weight_decay", "warmup_epochs", "label_smoothing", "val_fraction"), "a number"),
+    **dict.fromkeys(("layer_decay", "clip_grad"), "a number or null"),
+    **dict.fromkeys(("augment", "bf16", "tensorboard"), "true or false"),
+    "crop_scale": "two numbers",
+}
+
+
+def _is_a(value: Any, expected: str) -> bool:
+    if value is None:
+        return expected.endswith("or null")
+    if isinstance(value, bool):
+        return expected == "true or false"
+    if expected.startswith("a string"):
+        return isinstance(value, str)
+    if expected.startswith("a whole number"):
+        return isinstance(value, int)
+    if expected.startswith("a number"):
+        return isinstance(value, int | float) and math.isfinite(value)
+    if expected == "two numbers":
+        return isinstance(value, list) and len(value) == 2 and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    return False
+
+
+def _check_run_folder(out: Path, settings: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+    """With ``resume``: the run's checkpoint, once its settings and the checkpoint itself have been checked
+    (before any data or model is loaded); otherwise None, once ``out`` is known to hold no run."""
     latest = out / "checkpoints" / LATEST
     if not resume:
         if latest.exists():
             raise FileExistsError(
                 f"{out} already holds a run; pass --resume to continue it, or choose another --out"
             )
-        return
+        return None
     if not latest.exists():
         raise FileNotFoundError(f"nothing to resume: {latest} does not exist")
     saved = saved_settings(out)
@@ -362,6 +411,11 @@ def _check_run_folder(out: Path, settings: dict[str, Any], resume: bool) -> None
             "the settings differ from the run being resumed: "
             + ", ".join(f"{k} (run: {saved[k]!r}, now: {now[k]!r})" for k in diff)
         )
+    try:
+        return load_checkpoint(latest, FINETUNE_KEYS)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; the run cannot continue from it (damaged or cut short): start it again "
+                              "in another folder") from None
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -421,13 +475,24 @@ def finetune(
         max_steps: stop after this many steps in total (the schedules still span all epochs; continue with
             ``resume=True``).
         log_every, checkpoint_every_steps: log.csv rows and extra checkpoints (0: only at epoch ends and stops).
+
+    SIGINT (Ctrl-C) or SIGTERM while the steps run: the step in progress finishes, ``checkpoints/latest.pt`` is
+    written as a mid-epoch checkpoint (``resume=True`` continues exactly) and :class:`~vitmsn.training.
+    TrainingInterrupted` (a KeyboardInterrupt) is raised, saying where; a second Ctrl-C stops at once.
     """
     from vitmsn.eval.predict import load_processor
     from vitmsn.models.hf import ViTMSNForImageClassification
 
+    whole = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)  # noqa: E731
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("log_every", log_every)):
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+        if not (whole(value) and value >= 1):
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    for name, value in (("seed", seed), ("num_workers", num_workers), ("checkpoint_every_steps",
+                                                                        checkpoint_every_steps)):
+        if not (whole(value) and value >= 0):
+            raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+    if max_steps is not None and not (whole(max_steps) and max_steps >= 0):
+        raise ValueError(f"max_steps must be a whole number >= 0 (0 or unset: all epochs), got {max_steps!r}")
     if not 0 <= label_smoothing < 1:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
@@ -456,7 +521,7 @@ def finetune(
         "checkpoint_every_steps": checkpoint_every_steps, "tensorboard": tensorboard, "data_root": data_root,
         "device": device,
     }  # fmt: skip
-    _check_run_folder(out, settings, resume)
+    state = _check_run_folder(out, settings, resume)
     dev = resolve_device(device)
     seed_everything(seed)
 
@@ -485,7 +550,7 @@ def finetune(
     sampler = GlobalBatchSampler(len(train_ds), b, seed=seed)
     cuda = dev.type == "cuda"
     loader = DataLoader(train_ds, batch_size=b, sampler=sampler, num_workers=num_workers, drop_last=True,
-                        pin_memory=cuda)  # fmt: skip
+                        pin_memory=cuda, worker_init_fn=ignore_sigint if num_workers else None)  # fmt: skip
     val_loader = None
     if splits.val is not None:
         val_loader = DataLoader(_Mapped(splits.val, ProcessorTransform(processor)), batch_size=b,
@@ -500,10 +565,10 @@ def finetune(
 
     # -- state: what a checkpoint holds besides weights and optimizer
     step, best_acc, best_loss, best_epoch = 0, -1.0, float("inf"), 0
+    saved_step = -1  # the step latest.pt holds
     history: list[dict[str, Any]] = []
     running = [0.0, 0, 0]  # this epoch's training loss sum, correct predictions, images
-    if resume:
-        state = load_checkpoint(out / "checkpoints" / LATEST, FINETUNE_KEYS)
+    if state is not None:  # resume
         load_weights_into(net, state["model"], out / "checkpoints" / LATEST, "its run's finetune.json says which "
                           "model it fine-tunes")
         optimizer.load_state_dict(state["optimizer"])
@@ -511,6 +576,7 @@ def finetune(
         best_acc, best_loss = float(state["best_acc"]), float(state["best_loss"])
         history, running = list(state["history"]), list(state["running"])
         set_rng_state(state["rng"], dev)
+        saved_step = step
         logger.info("resumed %s at step %d", out, step)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / SETTINGS_FILE, settings)
@@ -521,6 +587,8 @@ def finetune(
             "total_steps": total_steps}  # fmt: skip
 
     def checkpoint() -> None:
+        nonlocal saved_step
+        saved_step = step
         save_checkpoint(
             {"step": step, "model": net.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(dev),
              "best_acc": best_acc, "best_loss": best_loss, "best_epoch": best_epoch, "history": history, "running": running,
@@ -539,91 +607,111 @@ def finetune(
         total=stop_at, initial=step, disable=not progress, desc="finetune", unit="step", dynamic_ncols=True
     )
     t0, seen = time.perf_counter(), 0
-    try:
-        while step < stop_at:
-            epoch, start_batch = divmod(step, steps_per_epoch)
-            sampler.set_epoch(epoch, start_batch)
-            train_ds.set_epoch(epoch)
-            for pixels, labels in loader:
-                cur_lr = lr_schedule(step + 1)
-                set_scaled_lr(optimizer, cur_lr)
-                pixels = pixels.to(dev, non_blocking=True)  # (b, C, H, W)
-                labels = labels.to(dev, non_blocking=True)  # (b,)
-                with amp:
-                    logits = net(pixel_values=pixels).logits  # (b, num_labels)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise NonFiniteLossError(f"the loss became {loss_value} at step {step}; " + non_finite_advice(
-                        out / "checkpoints" / LATEST, "a lower learning rate (--resume --lr ...)",
-                        "a lower learning rate (the same command with --lr ..., without --resume)"))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = (
-                    float(torch.nn.utils.clip_grad_norm_(net.parameters(), clip_grad))
-                    if clip_grad
-                    else float("nan")
-                )
-                optimizer.step()
-                step += 1
+    # SIGINT / SIGTERM: finish the step, save latest.pt as a mid-epoch checkpoint, raise TrainingInterrupted
+    with StopRequests(announce=True) as stop:
+        try:
+            while step < stop_at:
+                epoch, start_batch = divmod(step, steps_per_epoch)
+                sampler.set_epoch(epoch, start_batch)
+                train_ds.set_epoch(epoch)
+                batches = iter(loader)
+                while True:
+                    try:
+                        pixels, labels = next(batches)
+                    except StopIteration:
+                        break
+                    except RuntimeError:  # DataLoader workers killed by the same signal (SIGTERM to the group)
+                        if stop.signum is None:
+                            raise
+                        break  # between two steps: save below
+                    cur_lr = lr_schedule(step + 1)
+                    set_scaled_lr(optimizer, cur_lr)
+                    pixels = pixels.to(dev, non_blocking=True)  # (b, C, H, W)
+                    labels = labels.to(dev, non_blocking=True)  # (b,)
+                    with amp:
+                        logits = net(pixel_values=pixels).logits  # (b, num_labels)
+                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+                    loss_value = loss.item()
+                    if not math.isfinite(loss_value):
+                        raise NonFiniteLossError(f"the loss became {loss_value} at step {step}; " + non_finite_advice(
+                            out / "checkpoints" / LATEST, "a lower learning rate (--resume --lr ...)",
+                            "a lower learning rate (the same command with --lr ..., without --resume)"))
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    grad_norm = (
+                        float(torch.nn.utils.clip_grad_norm_(net.parameters(), clip_grad))
+                        if clip_grad
+                        else float("nan")
+                    )
+                    optimizer.step()
+                    step += 1
 
-                # -- running metrics, logs, progress
-                running[0] += loss_value * len(labels)
-                running[1] += int((logits.detach().argmax(-1) == labels).sum())
-                running[2] += len(labels)
-                seen += len(labels)
-                train_loss, train_acc = running[0] / running[2], 100.0 * running[1] / running[2]
-                metrics: dict[str, Any] = {
-                    "epoch": epoch, "loss": loss_value, "train_loss": train_loss, "train_acc": train_acc,
-                    "lr": cur_lr, "grad_norm": grad_norm, "images_per_s": seen / max(time.perf_counter() - t0, 1e-9),
-                    "val_loss": None, "val_acc": None,  # filled at the end of an epoch (empty cells otherwise)
-                }  # fmt: skip
-                bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.1f}", lr=f"{cur_lr:.2e}")
-                bar.update(1)
-                end_of_epoch = step % steps_per_epoch == 0
+                    # -- running metrics, logs, progress
+                    running[0] += loss_value * len(labels)
+                    running[1] += int((logits.detach().argmax(-1) == labels).sum())
+                    running[2] += len(labels)
+                    seen += len(labels)
+                    train_loss, train_acc = running[0] / running[2], 100.0 * running[1] / running[2]
+                    metrics: dict[str, Any] = {
+                        "epoch": epoch, "loss": loss_value, "train_loss": train_loss, "train_acc": train_acc,
+                        "lr": cur_lr, "grad_norm": grad_norm, "images_per_s": seen / max(time.perf_counter() - t0, 1e-9),
+                        "val_loss": None, "val_acc": None,  # filled at the end of an epoch (empty cells otherwise)
+                    }  # fmt: skip
+                    bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.1f}", lr=f"{cur_lr:.2e}")
+                    bar.update(1)
+                    end_of_epoch = step % steps_per_epoch == 0
 
-                # -- end of an epoch: evaluate, keep the best model (accuracy, then loss, decides)
-                if end_of_epoch:
-                    row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": cur_lr,
-                                           "train_loss": train_loss, "train_accuracy": train_acc}  # fmt: skip
-                    better = val_loader is None  # without validation: the latest epoch
-                    if val_loader is not None:
-                        val = evaluate(net, val_loader, dev, bf16=bf16)
-                        row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-                        metrics.update(val_loss=val["loss"], val_acc=val["accuracy"])
-                        better = (val["accuracy"], -val["loss"]) > (best_acc, -best_loss)
+                    # -- end of an epoch: evaluate, keep the best model (accuracy, then loss, decides)
+                    if end_of_epoch:
+                        row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": cur_lr,
+                                               "train_loss": train_loss, "train_accuracy": train_acc}  # fmt: skip
+                        better = val_loader is None  # without validation: the latest epoch
+                        if val_loader is not None:
+                            val = evaluate(net, val_loader, dev, bf16=bf16)
+                            row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+                            metrics.update(val_loss=val["loss"], val_acc=val["accuracy"])
+                            better = (val["accuracy"], -val["loss"]) > (best_acc, -best_loss)
+                            if better:
+                                best_acc, best_loss = val["accuracy"], val["loss"]
                         if better:
-                            best_acc, best_loss = val["accuracy"], val["loss"]
-                    if better:
-                        best_epoch = epoch + 1
-                        net.save_pretrained(out / "best")
-                        processor.save_pretrained(out / "best")
-                    history.append(row)
-                    running = [0.0, 0, 0]
-                    summary = f"epoch {epoch + 1}/{epochs}: train loss {train_loss:.4f} acc {train_acc:.1f}%"
-                    if val_loader is not None:
-                        summary += f", val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.1f}%"
-                    if progress:  # above the bar, on stderr (stdout may carry JSON)
-                        bar.write(summary, file=sys.stderr)
-                    else:
-                        logger.info(summary)
-                if step % log_every == 0 or end_of_epoch or step == stop_at:
-                    log.log(step, metrics)
-                if end_of_epoch:
+                            best_epoch = epoch + 1
+                            net.save_pretrained(out / "best")
+                            processor.save_pretrained(out / "best")
+                        history.append(row)
+                        running = [0.0, 0, 0]
+                        summary = f"epoch {epoch + 1}/{epochs}: train loss {train_loss:.4f} acc {train_acc:.1f}%"
+                        if val_loader is not None:
+                            summary += f", val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.1f}%"
+                        if progress:  # above the bar, on stderr (stdout may carry JSON)
+                            bar.write(summary, file=sys.stderr)
+                        else:
+                            logger.info(summary)
+                    if step % log_every == 0 or end_of_epoch or step == stop_at:
+                        log.log(step, metrics)
+                    if end_of_epoch:
+                        write_metrics()
+                        checkpoint()
+                    elif step == stop_at or (checkpoint_every_steps and step % checkpoint_every_steps == 0):
+                        checkpoint()
+                    if step >= stop_at or stop.signum is not None:
+                        break
+                if stop.signum is not None and step < stop_at:
+                    if step != saved_step:
+                        checkpoint()  # as a mid-epoch checkpoint: --resume continues exactly from here
                     write_metrics()
-                    checkpoint()
-                elif step == stop_at or (checkpoint_every_steps and step % checkpoint_every_steps == 0):
-                    checkpoint()
-                if step >= stop_at:
-                    break
-    finally:
-        bar.close()
-        log.close()
+                    bar.close()
+                    raise TrainingInterrupted(
+                        f"stopped at step {step}; saved {out / 'checkpoints' / LATEST}; continue with: "
+                        f"vitmsn finetune --out {out} --resume", stop.signum)
+        finally:
+            bar.close()
+            log.close()
     write_metrics()
     if step >= total_steps:
         logger.info(
             "fine-tuning finished after %d steps; best model (epoch %d) in %s", step, best_epoch, out / "best"
         )
     else:
-        logger.info("stopped at step %d of %d; continue with resume", step, total_steps)
+        # (the command line says how to continue; a library caller sees metrics.json's "finished": false)
+        logger.debug("stopped at step %d of %d; continue with resume=True", step, total_steps)
     return out

@@ -38,6 +38,9 @@ from vitmsn.training import (
     MetricLogger,
     NonFiniteLossError,
     SeededTransform,
+    StopRequests,
+    TrainingInterrupted,
+    ignore_sigint,
     load_checkpoint,
     load_weights_into,
     non_finite_advice,
@@ -124,7 +127,8 @@ class WorkerViews:
         self.sampler = sampler
         self.dataset = SeededTransform(images, build_views(cfg), seed=cfg.seed, count_skips=True)
         self.loader = DataLoader(self.dataset, batch_size=sampler.b, sampler=sampler, num_workers=cfg.num_workers,
-                                 drop_last=True, pin_memory=device.type == "cuda")
+                                 drop_last=True, pin_memory=device.type == "cuda",
+                                 worker_init_fn=ignore_sigint if cfg.num_workers else None)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.sampler.set_epoch(epoch, start_batch)
@@ -429,48 +433,67 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
     bar = tqdm(total=total_steps, initial=state.step, disable=not (progress and main), desc="pretrain",
                unit="step", dynamic_ncols=True)
     t0, seen, skipped_here = time.perf_counter(), 0, 0  # skipped_here: this process's images that were unreadable
-    try:
-        while state.step < total_steps:
-            epoch, start_batch = divmod(state.step, steps_per_epoch)
-            loader.set_epoch(epoch, start_batch)
-            for views, skips in loader:
-                step = state.step
-                views = [v.to(dev, non_blocking=True) for v in views]  # [target, rand_1..R, focal_1..F], (b, ...)
-                keep_idx = mask_for_step(cfg, step, cfg.rand_views * b * W, num_patches, dev)  # (R*b, K)
-                try:
-                    res = train_step(state, cfg, criterion, sched, views, keep_idx, online=online, target=target,
-                                     amp=amp)
-                except NonFiniteLossError as e:
-                    raise NonFiniteLossError(f"{e}; " + non_finite_advice(
-                        ckpt_dir / LATEST, "a lower learning rate (--resume --set lr=...)",
-                        "a lower learning rate (the same command with --set lr=..., without --resume)")) from None
+    saved_step = state.step if resume else -1  # the step latest.pt holds
+    # SIGINT / SIGTERM: finish the step, save latest.pt as a mid-epoch checkpoint, raise TrainingInterrupted
+    with StopRequests(announce=main) as stop:
+        try:
+            while state.step < total_steps:
+                epoch, start_batch = divmod(state.step, steps_per_epoch)
+                loader.set_epoch(epoch, start_batch)
+                batches = iter(loader)
+                while True:
+                    try:
+                        views, skips = next(batches)
+                    except StopIteration:
+                        break
+                    except RuntimeError:  # DataLoader workers killed by the same signal (SIGTERM to the group)
+                        if stop.signum is None or W > 1:
+                            raise
+                        break  # between two steps: save below
+                    step = state.step
+                    views = [v.to(dev, non_blocking=True) for v in views]  # [target, rand_1..R, focal_1..F], (b, ...)
+                    keep_idx = mask_for_step(cfg, step, cfg.rand_views * b * W, num_patches, dev)  # (R*b, K)
+                    try:
+                        res = train_step(state, cfg, criterion, sched, views, keep_idx, online=online,
+                                         target=target, amp=amp)
+                    except NonFiniteLossError as e:
+                        raise NonFiniteLossError(f"{e}; " + non_finite_advice(
+                            ckpt_dir / LATEST, "a lower learning rate (--resume --set lr=...)",
+                            "a lower learning rate (the same command with --set lr=..., without --resume)")) from None
 
-                # -- logs, progress, checkpoints; the metrics are read from the device on logging steps only
-                seen += b * W
-                skipped_here += int(skips.sum())  # a CPU tensor
-                bar.update(1)
-                if state.step % cfg.log_every == 0 or state.step == total_steps:
-                    rate = seen / max(time.perf_counter() - t0, 1e-9)
-                    skipped = _sum_over_processes(skipped_here, dev)
-                    loss, ce, entropy, me_max, num_targets, max_target, grad_norm = torch.stack(
-                        [*res.terms, res.out.me_max.detach(), res.out.num_unique_targets, res.out.max_target,
-                         res.grad_norm.float()]).tolist()
-                    log.log(state.step, {
-                        "epoch": epoch, "loss": loss, "ce": ce, "me_max": me_max, "entropy": entropy,
-                        "num_targets": int(num_targets), "max_target": max_target, "lr": res.lr, "wd": res.wd,
-                        "momentum": res.momentum, "grad_norm": grad_norm, "images_per_s": rate,
-                        "skipped_images": skipped})
-                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{res.lr:.2e}", img_s=f"{rate:.0f}")
-                end_of_epoch = state.step % steps_per_epoch == 0
-                if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0 or end_of_epoch \
-                        or state.step == total_steps:
-                    _save(state, cfg, ckpt_dir, numbered=end_of_epoch and (epoch + 1) % cfg.checkpoint_every == 0,
-                          epoch=epoch + 1)
-                if state.step >= total_steps:
-                    break
-    finally:
-        bar.close()
-        log.close()
+                    # -- logs, progress, checkpoints; the metrics are read from the device on logging steps only
+                    seen += b * W
+                    skipped_here += int(skips.sum())  # a CPU tensor
+                    bar.update(1)
+                    if state.step % cfg.log_every == 0 or state.step == total_steps:
+                        rate = seen / max(time.perf_counter() - t0, 1e-9)
+                        skipped = _sum_over_processes(skipped_here, dev)
+                        loss, ce, entropy, me_max, num_targets, max_target, grad_norm = torch.stack(
+                            [*res.terms, res.out.me_max.detach(), res.out.num_unique_targets, res.out.max_target,
+                             res.grad_norm.float()]).tolist()
+                        log.log(state.step, {
+                            "epoch": epoch, "loss": loss, "ce": ce, "me_max": me_max, "entropy": entropy,
+                            "num_targets": int(num_targets), "max_target": max_target, "lr": res.lr, "wd": res.wd,
+                            "momentum": res.momentum, "grad_norm": grad_norm, "images_per_s": rate,
+                            "skipped_images": skipped})
+                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{res.lr:.2e}", img_s=f"{rate:.0f}")
+                    end_of_epoch = state.step % steps_per_epoch == 0
+                    if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0 or end_of_epoch \
+                            or state.step == total_steps:
+                        _save(state, cfg, ckpt_dir, numbered=end_of_epoch and (epoch + 1) % cfg.checkpoint_every == 0,
+                              epoch=epoch + 1)
+                        saved_step = state.step
+                    if state.step >= total_steps:
+                        break
+                    # every process stops at the same step: one asked is all asked (a small all-reduce in DDP)
+                    if dist.max_over_processes(stop.signum or 0, dev):
+                        break
+                signum = dist.max_over_processes(stop.signum or 0, dev) if state.step < total_steps else 0
+                if signum:
+                    _stop(state, cfg, ckpt_dir, out, signum, saved_step, bar)
+        finally:
+            bar.close()
+            log.close()
     skipped = _sum_over_processes(skipped_here, dev)
     dist.barrier()
     if main:
@@ -483,6 +506,18 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
         else:
             logger.info("pretraining finished after %d steps; run folder %s", state.step, out)
     return out
+
+
+def _stop(state: MSNState, cfg: PretrainConfig, ckpt_dir: Path, out: Path, signum: int, saved_step: int,
+          bar: Any) -> None:
+    """Stopped by a signal between two steps: write latest.pt as a mid-epoch checkpoint is written (rank 0),
+    then raise :class:`TrainingInterrupted` on every process with the line to print."""
+    if state.step != saved_step:
+        _save(state, cfg, ckpt_dir, numbered=False, epoch=0)
+    dist.barrier()  # the checkpoint is complete before any process exits
+    bar.close()
+    raise TrainingInterrupted(f"stopped at step {state.step}; saved {ckpt_dir / LATEST}; continue with: "
+                              f"vitmsn pretrain --resume --out {out}", signum)
 
 
 def _sum_over_processes(n: int, device: torch.device) -> int:
