@@ -520,3 +520,22 @@ def test_max_steps_stop_says_how_to_continue(tmp_path, caplog):
         pretrain(cfg, device="cpu", progress=False, dataset=Shapes())
     assert "stopped at step 2 of" in caplog.text and "--resume --out" in caplog.text
     assert "--set max_steps=0" in caplog.text
+
+
+def test_folder_with_held_out_images_pretrains_on_train_only(tmp_path, caplog):
+    """The layout lowshot and finetune read (train/ beside val/): the held-out images must not be pretrained on."""
+    import logging
+
+    from vitmsn.msn.train import build_dataset
+
+    for split, n in (("train", 3), ("val", 2)):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / split / c / f"{i}.png")
+    cfg = PretrainConfig(dataset="folder", data=str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="vitmsn"):
+        dataset = build_dataset(cfg)
+    assert len(dataset) == 6 and "pretraining on train/ only" in caplog.text
+    (tmp_path / "val").rename(tmp_path / "other")  # no held-out folder: every image
+    assert len(build_dataset(cfg)) == 10

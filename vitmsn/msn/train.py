@@ -79,7 +79,15 @@ def build_dataset(cfg: PretrainConfig) -> Dataset:
 
     if cfg.data is None:
         raise ValueError("an image folder is needed: pass --data DIR (or choose the fashion-mnist preset)")
-    return ImageFolderDataset(cfg.data, labelled=False)
+    root = Path(cfg.data)
+    held_out = [n for n in ("val", "test") if (root / n).is_dir()]
+    if (root / "train").is_dir() and held_out:
+        # the layout lowshot and finetune read: pretraining on the held-out images would leak them into the
+        # evaluation of the encoder
+        logger.warning("%s holds train/ and %s/: pretraining on train/ only, so that the held-out images stay "
+                       "unseen by the encoder", root, "/ and ".join(held_out))
+        root = root / "train"
+    return ImageFolderDataset(root, labelled=False)
 
 
 def _holds_images(folder: str | os.PathLike, look_at: int = 2000) -> bool:
