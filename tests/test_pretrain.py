@@ -539,3 +539,20 @@ def test_folder_with_held_out_images_pretrains_on_train_only(tmp_path, caplog):
     assert len(dataset) == 6 and "pretraining on train/ only" in caplog.text
     (tmp_path / "val").rename(tmp_path / "other")  # no held-out folder: every image
     assert len(build_dataset(cfg)) == 10
+
+
+def test_out_folder_of_the_users_files_is_refused(tmp_path):
+    """pretrain and finetune never write their run into a non-empty folder that holds no run of theirs."""
+    from vitmsn.eval.finetune import _check_run_folder as finetune_check
+    from vitmsn.msn.train import _check_run_folder as pretrain_check
+
+    (tmp_path / "log.csv").write_text("a,b\n")  # the user's own file
+    with pytest.raises(FileExistsError, match="holds no pretraining run"):
+        pretrain_check(PretrainConfig(), tmp_path, resume=False)
+    with pytest.raises(FileExistsError, match="holds no fine-tuning run"):
+        finetune_check(tmp_path, {}, resume=False)
+    assert (tmp_path / "log.csv").read_text() == "a,b\n"
+    empty = tmp_path / "new"
+    empty.mkdir()
+    assert pretrain_check(PretrainConfig(), empty, resume=False) is not None
+    assert finetune_check(empty, {}, resume=False) is None

@@ -400,6 +400,10 @@ def _check_run_folder(out: Path, settings: dict[str, Any], resume: bool) -> dict
             raise FileExistsError(
                 f"{out} already holds a run; pass --resume to continue it, or choose another --out"
             )
+        if out.is_dir() and not (out / SETTINGS_FILE).exists() and any(out.iterdir()):
+            # the user's files (the model or data folder, say): a run stopped before its first checkpoint
+            # (finetune.json written) may start again, anything else is left alone
+            raise FileExistsError(f"{out} is not empty and holds no fine-tuning run; choose a new or empty --out")
         return None
     if not latest.exists():
         raise FileNotFoundError(f"nothing to resume: {latest} does not exist")

@@ -552,6 +552,8 @@ def _check_run_folder(cfg: PretrainConfig, out: Path, resume: bool) -> PretrainC
             except ValueError:
                 raise FileExistsError(f"{out} holds a config.json that is not a pretraining run's (a model?); "
                                       "choose another --out") from None
+        elif out.is_dir() and any(out.iterdir()):  # the user's files (the image folder, say): write nowhere near
+            raise FileExistsError(f"{out} is not empty and holds no pretraining run; choose a new or empty --out")
         return cfg
     if not latest.exists():
         raise FileNotFoundError(f"nothing to resume: {latest} does not exist")
