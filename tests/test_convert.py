@@ -615,7 +615,9 @@ def test_onnx_refuses_bad_opset_and_image_size(tmp_path, capsys):
     # the command line: one line, and an existing file is left as it was
     model.save_pretrained(tmp_path / "model")
     (tmp_path / "old.onnx").write_bytes(b"the user's model")
-    for extra, needle in ((["--opset", "5"], "opset 5"), (["--image-size", str(2 * patch + 1)], "divisible")):
+    for extra, needle in ((["--opset", "5", "--overwrite"], "opset 5"),
+                          (["--image-size", str(2 * patch + 1), "--overwrite"], "divisible"),
+                          ([], "exists: pass --overwrite")):
         assert main(["export-onnx", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "old.onnx"),
                      *extra]) == 2  # fmt: skip
         err = capsys.readouterr().err.strip().splitlines()
