@@ -623,3 +623,13 @@ def test_onnx_refuses_bad_opset_and_image_size(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0], err
     assert (tmp_path / "old.onnx").read_bytes() == b"the user's model"
+
+
+def test_a_vitmsn_run_checkpoint_is_pointed_to_export(tmp_path):
+    from vitmsn.checkpoints import CheckpointError
+    from vitmsn.convert import read_msn_checkpoint
+
+    torch.save({"step": 3, "online": {}, "target": {}, "prototypes": torch.zeros(4, 8), "config": {}},
+               tmp_path / "latest.pt")
+    with pytest.raises(CheckpointError, match="vitmsn pretraining checkpoint.*vitmsn export RUN OUT"):
+        read_msn_checkpoint(tmp_path / "latest.pt")

@@ -556,3 +556,16 @@ def test_out_folder_of_the_users_files_is_refused(tmp_path):
     empty.mkdir()
     assert pretrain_check(PretrainConfig(), empty, resume=False) is not None
     assert finetune_check(empty, {}, resume=False) is None
+
+
+def test_data_fashion_mnist_names_the_data_set_as_in_lowshot(monkeypatch, tmp_path):
+    """``--data fashion-mnist`` (what lowshot and finetune take) means the usual Fashion-MNIST files, not a
+    folder of that name to download into."""
+    from vitmsn.msn import train
+
+    seen = {}
+    monkeypatch.setattr("vitmsn.data.fashion_mnist.FashionMNIST",
+                        lambda split, root=None: seen.setdefault("root", root) or [])
+    monkeypatch.chdir(tmp_path)
+    train.build_dataset(preset("fashion-mnist").with_overrides({"data": "fashion-mnist"}))
+    assert seen == {"root": None}

@@ -225,6 +225,11 @@ def read_msn_checkpoint(
     elif _is_state_dict(ckpt) and any(k.removeprefix("module.") == "cls_token" for k in ckpt):
         logger.info("%s is a bare encoder state dict (no %r entry)", checkpoint_path, key)
         sd, prototypes = ckpt, None
+    elif {"online", "target", "step", "config"} <= set(ckpt):
+        raise CheckpointError(
+            f"{checkpoint_path} is a vitmsn pretraining checkpoint, not an original MSN one: export its run "
+            "with `vitmsn export RUN OUT` (vitmsn.msn.train.export_encoder)"
+        )
     else:
         raise CheckpointError(
             f"{checkpoint_path} has no {key!r} entry; its top-level keys are: {', '.join(map(str, ckpt))}"
@@ -398,7 +403,8 @@ def convert_msn_checkpoint(
                 f"output size {head.fc.fc3.out_features}"
             )
     elif head_sd:
-        logger.info("dropping the projection head (%d tensors); keep it with keep_head=True", len(head_sd))
+        logger.info("dropping the projection head (%d tensors); keep it with --keep-head (keep_head=True)",
+                    len(head_sd))
     if image_size is not None and pair(image_size) != pair(config.image_size):
         new = config.copy(image_size=image_size)
         new.validate()

@@ -68,6 +68,9 @@ def build_dataset(cfg: PretrainConfig) -> Dataset:
     if cfg.dataset == "fashion-mnist":
         from vitmsn.data.fashion_mnist import FashionMNIST, _find_split
 
+        if cfg.data == "fashion-mnist" and not Path(cfg.data).exists():  # the name, as lowshot and finetune take it
+            cfg = dataclasses.replace(cfg, data=None)
+
         if cfg.data is not None and _find_split(Path(cfg.data), "train", []) is None and _holds_images(cfg.data):
             # not a Fashion-MNIST folder: say so before anything is downloaded into the user's folder
             raise ValueError(
@@ -254,8 +257,12 @@ def _load_init(online: MSNNetwork, prototypes: Prototypes, init: str) -> None:
     encoder = ViTMSNModel.from_pretrained(init)
     if encoder.config.hidden_size != online.encoder.config.hidden_size or \
             len(encoder.blocks) != len(online.encoder.blocks) or encoder.patch_size != online.encoder.patch_size:
-        raise ValueError(f"{init} holds a ViT of another shape than the config asks for; set hidden_size, "
-                         "num_hidden_layers, num_attention_heads, intermediate_size and patch_size to match")
+        have, want = encoder.config, online.encoder.config
+        raise ValueError(
+            f"{init} holds a ViT of another shape than the config asks for (hidden_size {have.hidden_size}, "
+            f"{have.num_hidden_layers} layers, patch_size {have.patch_size}; the config: {want.hidden_size}, "
+            f"{want.num_hidden_layers}, {want.patch_size}); set hidden_size, num_hidden_layers, "
+            "num_attention_heads, intermediate_size and patch_size to match")
     load_weights_into(online.encoder, encoder.state_dict(), init,
                       "set the encoder settings (and rand_size: the position embeddings) to the model's")
     head_file = Path(init) / "msn_head.safetensors"
