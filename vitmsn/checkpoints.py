@@ -214,13 +214,12 @@ def model_state_dict(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], s
 def _hf_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
     """The tensors to save under transformers' names: the model's, or ``state_dict``'s (with the model's own
     names, as ``model.state_dict()`` or accelerate's ``get_state_dict`` give them, or transformers' names)."""
+    own, prefix = model_state_dict(model)
     if state_dict is None:
-        sd, prefix = model_state_dict(model)
-        return internal_to_hf(sd, prefix)
-    own = model.state_dict()
-    if set(state_dict) <= set(own):
-        prefix = "vit." if hasattr(model, "vit") else ""
-        return internal_to_hf({k.removeprefix(prefix): v for k, v in state_dict.items()}, prefix)
+        return internal_to_hf(own, prefix)
+    relative = {k.removeprefix(prefix): v for k, v in state_dict.items()}
+    if set(relative) <= set(own):
+        return internal_to_hf(relative, prefix)
     return dict(state_dict)
 
 

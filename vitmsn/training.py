@@ -15,7 +15,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +267,23 @@ class StopRequests:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
+
+    def batches(self, loader: Iterable[Any], *, survive_dead_workers: bool = True) -> Iterator[Any]:
+        """``loader``'s batches; once a stop was asked, DataLoader workers killed by the same signal (a SIGTERM to
+        the whole process group) end the iteration as if the epoch were over, so that the loop can save between
+        two steps (``survive_dead_workers=False``: their error is raised, as under DDP, where the processes
+        would no longer agree on the step)."""
+        batches = iter(loader)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except RuntimeError:
+                if self.signum is None or not survive_dead_workers:
+                    raise
+                return
+            yield batch
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:

@@ -618,16 +618,7 @@ def finetune(
                 epoch, start_batch = divmod(step, steps_per_epoch)
                 sampler.set_epoch(epoch, start_batch)
                 train_ds.set_epoch(epoch)
-                batches = iter(loader)
-                while True:
-                    try:
-                        pixels, labels = next(batches)
-                    except StopIteration:
-                        break
-                    except RuntimeError:  # DataLoader workers killed by the same signal (SIGTERM to the group)
-                        if stop.signum is None:
-                            raise
-                        break  # between two steps: save below
+                for pixels, labels in stop.batches(loader):
                     cur_lr = lr_schedule(step + 1)
                     set_scaled_lr(optimizer, cur_lr)
                     pixels = pixels.to(dev, non_blocking=True)  # (b, C, H, W)

@@ -455,16 +455,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
             while state.step < total_steps:
                 epoch, start_batch = divmod(state.step, steps_per_epoch)
                 loader.set_epoch(epoch, start_batch)
-                batches = iter(loader)
-                while True:
-                    try:
-                        views, skips = next(batches)
-                    except StopIteration:
-                        break
-                    except RuntimeError:  # DataLoader workers killed by the same signal (SIGTERM to the group)
-                        if stop.signum is None or W > 1:
-                            raise
-                        break  # between two steps: save below
+                for views, skips in stop.batches(loader, survive_dead_workers=W == 1):
                     step = state.step
                     views = [v.to(dev, non_blocking=True) for v in views]  # [target, rand_1..R, focal_1..F], (b, ...)
                     keep_idx = mask_for_step(cfg, step, cfg.rand_views * b * W, num_patches, dev)  # (R*b, K)
