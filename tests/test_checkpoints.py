@@ -468,3 +468,27 @@ def test_pickle_that_is_no_state_dict_or_empty(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
     with pytest.raises(CheckpointError, match="the file is empty"):
         vitmsn.ViTMSNModel.from_pretrained(tmp_path)
+
+
+def test_checkpoint_replaced_while_read_is_read_again(tmp_path, monkeypatch):
+    """A run's latest.pt replaced (atomically) while another process reads it, as a polling reader meets it:
+    the read that failed on the mix of the two files is done again, on the new one."""
+    from vitmsn import checkpoints
+    from vitmsn.training import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "latest.pt"
+    save_checkpoint({"step": 1, "w": torch.zeros(3)}, path)
+    real_load, calls = torch.load, []
+
+    def load_while_replaced(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            save_checkpoint({"step": 2, "w": torch.ones(3)}, path)  # the writer's os.replace, mid-read
+            raise RuntimeError("file is smaller than the required mapping size")
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoints.torch, "load", load_while_replaced)
+    assert load_checkpoint(path)["step"] == 2 and len(calls) == 2
+    monkeypatch.setattr(checkpoints.torch, "load", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("bad")))
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint \\(bad\\)"):
+        load_checkpoint(path)  # damaged, not replaced: one read, one error

@@ -344,20 +344,28 @@ def load_pickle(path: str | os.PathLike, mmap: bool = False) -> Any:
     do not each hold a full copy in memory at once."""
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise CheckpointError(f"cannot read {path}: the file is empty")
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
-    except __import__("pickle").UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        code = found.group(1) if found else _globals_in_pickle(path)
-        if code:  # a real pickle that names code to call (a class or function beyond plain tensors)
-            raise CheckpointError(
-                f"refused to load {path}: loading it would run code ({code}), and vitmsn loads pickles only "
-                "with weights_only=True. If you trust the file, convert it to safetensors first."
-            ) from None
-        raise CheckpointError(f"cannot read {path}: not a PyTorch checkpoint (damaged, or another kind of "
-                              "file)") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path}: not a readable PyTorch checkpoint ({e})") from None
+    for attempt in range(3):
+        inode = os.stat(path).st_ino
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True,
+                              mmap=mmap and zipfile.is_zipfile(path))
+        except __import__("pickle").UnpicklingError as e:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+            code = found.group(1) if found else _globals_in_pickle(path)
+            if code:  # a real pickle that names code to call (a class or function beyond plain tensors)
+                raise CheckpointError(
+                    f"refused to load {path}: loading it would run code ({code}), and vitmsn loads pickles only "
+                    "with weights_only=True. If you trust the file, convert it to safetensors first."
+                ) from None
+            raise CheckpointError(f"cannot read {path}: not a PyTorch checkpoint (damaged, or another kind of "
+                                  "file)") from None
+        except (RuntimeError, EOFError, OSError, ValueError) as e:
+            # a file replaced while it was read (a run's latest.pt, written atomically during training) is read
+            # again: the mmap loader opens the path more than once
+            if attempt < 2 and os.path.exists(path) and os.stat(path).st_ino != inode:
+                continue
+            raise CheckpointError(f"cannot read {path}: not a readable PyTorch checkpoint ({e})") from None
+    raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------------------- loading a model
