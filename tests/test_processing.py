@@ -643,8 +643,10 @@ def test_bad_arguments(photos):
         ViTImageProcessor(backend="jax")
     with pytest.raises(ValueError, match="fast=True conflicts"):
         ViTImageProcessor(backend="pil", fast=True)
-    with pytest.raises(ValueError, match="do_pad"):
-        ViTImageProcessor(do_pad=True)
+    with pytest.raises(ValueError, match=r"pad_size must be \{'height': h, 'width': w\}"):
+        ViTImageProcessor(do_pad=True, pad_size={"height": 8})
+    with pytest.raises(ValueError, match=r"pad_size\['width'\] must be a positive int"):
+        ViTImageProcessor(pad_size=(8, 0))
     for backend in ("torch", "pil"):  # transformers raises these when called, not when made
         with pytest.raises(ValueError, match="crop_size` must be specified"):
             ViTImageProcessor(do_center_crop=True, backend=backend)(photos["coffee"])

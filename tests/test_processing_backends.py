@@ -191,11 +191,13 @@ def run_transformers4(tmp_path: Path, img: np.ndarray, folders: list[Path]) -> d
 def test_saved_files_load_in_vitmsn_and_both_transformers(tmp_path, photos):
     """A saved processor loads with its own backend in vitmsn again; transformers 5 and 4.x load it as they
     load their own files (5.x: torchvision by default; 4.x: its PIL ViTImageProcessor, its fast one with
-    use_fast=True), each giving its own numbers, which vitmsn's matching backend reproduces. Center crop too:
-    transformers 4.x's fast processor crops, its PIL one ignores do_center_crop."""
+    use_fast=True), each giving its own numbers, which vitmsn's matching backend reproduces. Center crop and
+    padding too: transformers 4.x's fast processor crops and pads, its PIL one ignores do_center_crop and do_pad."""
     img = np.ascontiguousarray(photos[1][::2, ::2])
     cfgs = {"msn": {**MSN, "resample": 3}, "crop": {"size": {"height": 80, "width": 120}, "do_center_crop": True,
-                                                    "crop_size": {"height": 64, "width": 72}}}
+                                                    "crop_size": {"height": 64, "width": 72}},
+            "pad": {"size": 48, "do_pad": True, "pad_size": {"height": 56, "width": 64}}}
+    ignored_by_4x_pil = {"crop": ({"do_center_crop": False}, (1, 3, 80, 120)), "pad": ({"do_pad": False}, (1, 3, 48, 48))}
     folders, ours = [], {}
     for (name, cfg), backend in [(c, b) for c in cfgs.items() for b in ("torch", "pil")]:
         folder = tmp_path / f"{name}-{backend}"
@@ -226,14 +228,15 @@ def test_saved_files_load_in_vitmsn_and_both_transformers(tmp_path, photos):
     # transformers 4.x
     out4 = run_transformers4(tmp_path, img, folders)
     for folder in folders:
-        crop = "crop" in folder.name
+        name = folder.name.split("-")[0]
         for fast, b in ((None, "pil"), (True, "torch"), (False, "pil")):
             cls = str(out4[f"{folder} {fast} class"])
             assert cls == ("ViTImageProcessorFast" if b == "torch" else "ViTImageProcessor"), (folder, fast)
             got = out4[f"{folder} {fast}"]
-            if crop and b == "pil":  # 4.x's PIL processor has no center crop: resized only
-                assert got.shape == (1, 3, 80, 120)
-                np.testing.assert_array_equal(got, ViTImageProcessorPil(**{**cfgs["crop"], "do_center_crop": False})(
+            if name in ignored_by_4x_pil and b == "pil":  # 4.x's PIL processor has no center crop nor padding
+                off, shape = ignored_by_4x_pil[name]
+                assert got.shape == shape
+                np.testing.assert_array_equal(got, ViTImageProcessorPil(**{**cfgs[name], **off})(
                     img, return_tensors="np")["pixel_values"])
                 continue
             np.testing.assert_allclose(got, ours[folder][b], atol=ATOL if b == "torch" else EXACT, rtol=0)
@@ -290,6 +293,148 @@ def test_crop_padding_side_per_backend():
         assert np.array_equal(got, as_numpy(theirs(ref_cls(**kw), img, return_tensors="np"))[0, 0])
         rows, cols = np.nonzero(got)
         assert (rows.min(), cols.min(), rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == (top, left, 5, 4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Padding
+# ---------------------------------------------------------------------------------------------------------
+
+PADS = [
+    {"do_resize": False, "do_pad": True},  # to the batch's largest height and width
+    {"do_resize": False, "do_pad": True, "pad_size": {"height": 140, "width": 170}},
+    {"size": {"shortest_edge": 40}, "do_pad": True},  # aspect ratios kept: padded after resizing
+    {"size": 64, "do_center_crop": True, "crop_size": (50, 60), "do_pad": True, "pad_size": (56, 72)},
+    {"do_resize": False, "do_pad": True, "pad_size": 150, "do_normalize": False},
+    {"do_resize": False, "do_pad": True, "do_rescale": False, "do_normalize": False},  # uint8 pixels
+]
+
+
+@pytest.fixture(scope="module")
+def small_photos(photos) -> list[np.ndarray]:
+    """Three photographs of different sizes: 128 x 128, 100 x 150 and 75 x 113."""
+    return [np.ascontiguousarray(p[::4, ::4]) for p in photos]
+
+
+@pytest.mark.parametrize("cfg", PADS, ids=range(len(PADS)))
+@pytest.mark.parametrize("backend", ["torch", "pil"])
+def test_pad_matches_transformers5(small_photos, cfg, backend):
+    """do_pad / pad_size as transformers 5 does them in each backend: after rescaling and normalizing, zeros at
+    the bottom and right, to pad_size or to the batch's largest height and width; every input kind, return
+    type, per call, and the saved settings."""
+    ref = (transformers.ViTImageProcessor if backend == "torch" else transformers.ViTImageProcessorPil)(**cfg)
+    proc = ViTImageProcessor(**cfg, backend=backend)
+    atol = ATOL if backend == "torch" else EXACT
+    if cfg.get("do_rescale") is False and backend == "torch" and cfg.get("do_resize", True):
+        atol = 1.0  # uint8 pixels: the torch resize may differ by one level
+    unpadded = theirs(ref, small_photos, return_tensors=None, do_pad=False)
+    want = theirs(ref, small_photos, return_tensors="np")
+    assert any(tuple(v.shape) != want.shape[1:] for v in unpadded)  # padding matters here
+    for images in (small_photos, [PIL.Image.fromarray(p) for p in small_photos], small_photos[1]):
+        for return_tensors in (None, "np", "pt"):
+            assert_like(proc(images, return_tensors=return_tensors)["pixel_values"],
+                        theirs(ref, images, return_tensors=return_tensors), atol, f"{return_tensors}")
+    # per call, both ways
+    plain = ViTImageProcessor(**{k: v for k, v in cfg.items() if k not in ("do_pad", "pad_size")}, backend=backend)
+    assert_like(plain(small_photos, return_tensors="pt", do_pad=True, pad_size=cfg.get("pad_size"))["pixel_values"],
+                theirs(ref, small_photos, return_tensors="pt"), atol)
+    assert_like(proc(small_photos, do_pad=False)["pixel_values"], unpadded, atol)
+    # the saved settings are transformers' (and the PIL backend's key)
+    saved = json.loads(ref.to_json_string())
+    assert json.loads(proc.to_json_string()) == {**saved, **({"vitmsn_backend": "pil"} if backend == "pil" else {})}
+
+
+@pytest.mark.parametrize("backend", ["torch", "pil"])
+def test_pad_zeros_bottom_right_after_normalizing(backend):
+    """The padding is zeros in the output (not the normalized value of a black pixel), below and to the right
+    of each image, as in transformers 5; with do_rescale=False, the pixels keep their dtype."""
+    white = [np.full((6, 4, 3), 255, np.uint8), np.full((7, 2, 3), 255, np.uint8)]
+    ref_cls = transformers.ViTImageProcessor if backend == "torch" else transformers.ViTImageProcessorPil
+    for kw in ({}, {"do_rescale": False, "do_normalize": False}):
+        got = ViTImageProcessor(do_resize=False, do_pad=True, backend=backend, **kw)(white, return_tensors="np")
+        got = got["pixel_values"]
+        assert_like(got, theirs(ref_cls(do_resize=False, do_pad=True, **kw), white, return_tensors="np"),
+                    ATOL if backend == "torch" else EXACT)
+        assert got.shape == (2, 3, 7, 4) and got.dtype == (np.uint8 if kw else np.float32)
+        value = 255 if kw else 1.0  # white, normalized with mean = std = 0.5
+        assert np.allclose(got[0, :, :6, :4], value, rtol=0, atol=ATOL) and (got[0, :, 6:] == 0).all()
+        assert np.allclose(got[1, :, :7, :2], value, rtol=0, atol=ATOL) and (got[1, :, :, 2:] == 0).all()
+
+
+def test_pad_images_of_different_dtypes_as_transformers5(small_photos):
+    """Images that come out in different dtypes (uint8 and float64 pixels, neither rescaled nor normalized) are
+    each padded in their own dtype, as in transformers 5."""
+    images = [small_photos[0], small_photos[1].astype(np.float64)]
+    kw = {"do_resize": False, "do_rescale": False, "do_normalize": False, "do_pad": True}
+    for backend, ref_cls in (("torch", transformers.ViTImageProcessor), ("pil", transformers.ViTImageProcessorPil)):
+        got = ViTImageProcessor(**kw, backend=backend)(images)["pixel_values"]
+        want = theirs(ref_cls(**kw), images)
+        assert_like(got, want, 0)
+        assert [v.dtype for v in want][0] != [v.dtype for v in want][1] and want[1].shape == (3, 128, 150)
+
+
+def test_bad_pad_size_as_transformers5(small_photos):
+    """A pad_size smaller than a processed image, or without 'height' and 'width', is a ValueError (where
+    transformers 5 raises one too); without do_pad, a small pad_size changes nothing."""
+    for backend, ref_cls in (("torch", transformers.ViTImageProcessor), ("pil", transformers.ViTImageProcessorPil)):
+        small = {"do_resize": False, "pad_size": {"height": 120, "width": 160}}  # image 0 is 128 high
+        for proc in (ViTImageProcessor(**small, do_pad=True, backend=backend), ref_cls(**small, do_pad=True)):
+            with pytest.raises(ValueError, match="pad_size"):
+                quiet(proc, small_photos)
+        with pytest.raises(ValueError, match=r"smaller than image 0 of the batch, which is 128 x 128"):
+            ViTImageProcessor(**small, backend=backend)(small_photos, do_pad=True)
+        assert_like(ViTImageProcessor(**small, backend=backend)(small_photos)["pixel_values"],
+                    theirs(ref_cls(**small), small_photos), ATOL if backend == "torch" else EXACT)
+        # missing keys: when made (as transformers), or when called with it
+        for proc_cls in (ref_cls, ViTImageProcessor):
+            with pytest.raises(ValueError, match="pad_size"):
+                proc_cls(do_pad=True, pad_size={"height": 20})
+        with pytest.raises(ValueError, match=r"pad_size must be \{'height': h, 'width': w\}"):
+            ViTImageProcessor(backend=backend)(small_photos, do_pad=True, pad_size={"width": 200})
+        # another kind of size: kept and saved (a file with it loads), refused when padding, in both
+        other = {"pad_size": {"shortest_edge": 200}}
+        ours, ref = ViTImageProcessor(**other, backend=backend), ref_cls(**other)
+        assert ours.to_dict()["pad_size"] == ref.to_dict()["pad_size"] == {"shortest_edge": 200}
+        with pytest.raises(ValueError, match=r"pad_size must be \{'height': h, 'width': w\}"):
+            ours(small_photos, do_pad=True)
+        with pytest.raises(ValueError, match="height' and 'width"):
+            quiet(ref, small_photos, do_pad=True)
+
+
+def test_no_padding_work_without_do_pad(small_photos, monkeypatch):
+    """Without do_pad (also with a pad_size set), none of the padding code runs."""
+    def fail(*args, **kwargs):
+        raise AssertionError("padding code ran without do_pad")
+
+    for name in ("_pad_target", "_pad_np", "_pad_torch"):
+        monkeypatch.setattr(processing, name, fail)
+    for backend in ("torch", "pil"):
+        for kw in ({}, {"do_pad": False, "pad_size": 300}):
+            for return_tensors in (None, "pt"):
+                images = small_photos if return_tensors is None else small_photos[:1]
+                ViTImageProcessor(do_resize=False, backend=backend, **kw)(images, return_tensors=return_tensors)
+        with pytest.raises(AssertionError, match="padding code ran"):  # (the check itself works)
+            ViTImageProcessor(do_resize=False, backend=backend)(small_photos, do_pad=True)
+
+
+def test_padded_processor_saved_and_loaded_both_ways(tmp_path, small_photos):
+    """do_pad / pad_size survive save_pretrained / from_pretrained between vitmsn and transformers 5, in both
+    directions and both backends, with the same numbers."""
+    cfg = {"do_resize": False, "do_pad": True, "pad_size": (130, 160)}
+    for backend, ref_cls in (("torch", transformers.ViTImageProcessor), ("pil", transformers.ViTImageProcessorPil)):
+        atol = ATOL if backend == "torch" else EXACT
+        want = theirs(ref_cls(**cfg), small_photos, return_tensors="pt")
+        assert want.shape == (3, 3, 130, 160)
+        ViTImageProcessor(**cfg, backend=backend).save_pretrained(tmp_path / f"ours-{backend}")
+        ref = quiet(ref_cls.from_pretrained, tmp_path / f"ours-{backend}")
+        assert ref.do_pad is True and dict(ref.pad_size) == {"height": 130, "width": 160}
+        assert_like(theirs(ref, small_photos, return_tensors="pt"), want, atol)
+        quiet(ref_cls(**cfg).save_pretrained, tmp_path / f"theirs-{backend}")
+        for loader in (ViTImageProcessor, AutoImageProcessor):
+            ours = loader.from_pretrained(tmp_path / f"theirs-{backend}", backend=backend)
+            assert ours.do_pad is True and ours.pad_size == {"height": 130, "width": 160}
+            assert_like(ours(small_photos, return_tensors="pt")["pixel_values"], want, atol, repr(loader))
+            again = ViTImageProcessor.from_dict(ours.to_dict())
+            assert again.to_dict() == ours.to_dict() and again.backend == backend
 
 
 # ---------------------------------------------------------------------------------------------------------

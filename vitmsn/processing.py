@@ -23,7 +23,9 @@ Pipeline of the PIL backend, per image:
    *truncated*, then divided by 255 again after resizing), exactly as transformers does;
 3. center crop to ``crop_size`` if ``do_center_crop`` (zero padding where the crop is larger than the image);
 4. rescale: ``x * rescale_factor`` (computed in float64, stored as float32);
-5. normalize: ``(x - mean) / std`` per channel, in float32.
+5. normalize: ``(x - mean) / std`` per channel, in float32;
+6. pad if ``do_pad``: zeros at the bottom and right, to ``pad_size`` or else to the largest height and width of
+   the batch (both backends, as in transformers 5).
 
 Steps 4-5 are element-wise, so for uint8 pixels they are computed once for each of the 256 levels of each
 channel and looked up (the same float32 bits, in one pass), into one output batch when every image comes
@@ -118,11 +120,13 @@ _CALL_OPTIONS = (
     "image_mean",
     "image_std",
     "do_convert_rgb",
+    "do_pad",
+    "pad_size",
 )
 #: keyword arguments that from_dict / from_pretrained pass on as settings: the constructor's, and the other
 #: names of transformers 5's ``ImagesKwargs`` (kept as attributes, as transformers keeps them)
 _SETTING_KEYS = frozenset({
-    *_CALL_OPTIONS, "backend", "fast", "default_to_square", "do_pad", "pad_size", "data_format",
+    *_CALL_OPTIONS, "backend", "fast", "default_to_square", "data_format",
     "input_data_format", "device", "return_tensors", "disable_grouping", "image_seq_length",
 })
 #: what transformers 5's ``ImageProcessingMixin.from_pretrained`` takes for itself (never a setting, never
@@ -285,8 +289,9 @@ def _standardize_resample(resample: Any) -> int:
     )
 
 
-def _standardize_size(size: Any, default_to_square: bool = True) -> dict[str, int]:
-    """``int`` -> square (or shortest edge if not ``default_to_square``); ``(h, w)``; or a valid size dict."""
+def _standardize_size(size: Any, default_to_square: bool = True, name: str = "size") -> dict[str, int]:
+    """``int`` -> square (or shortest edge if not ``default_to_square``); ``(h, w)``; or a valid size dict
+    (``name``: the argument's, for the errors)."""
     if isinstance(size, int | np.integer) and not isinstance(size, bool):
         out = {"height": int(size), "width": int(size)} if default_to_square else {"shortest_edge": int(size)}
     elif isinstance(size, list | tuple) and len(size) == 2:
@@ -295,16 +300,36 @@ def _standardize_size(size: Any, default_to_square: bool = True) -> dict[str, in
         out = {k: v for k, v in size.items() if v is not None}
         if frozenset(out) not in _SIZE_KEY_SETS:
             raise ValueError(
-                f"size must have keys {{'height', 'width'}}, {{'shortest_edge'}}, {{'shortest_edge', "
+                f"{name} must have keys {{'height', 'width'}}, {{'shortest_edge'}}, {{'shortest_edge', "
                 f"'longest_edge'}} or {{'max_height', 'max_width'}}; got {dict(size)!r}."
             )
     else:
-        raise ValueError(f"size must be an int, a (height, width) pair or a dict; got {size!r}.")
+        raise ValueError(f"{name} must be an int, a (height, width) pair or a dict; got {size!r}.")
     for key, value in out.items():
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-            raise ValueError(f"size[{key!r}] must be a positive int; got {value!r}.")
+            raise ValueError(f"{name}[{key!r}] must be a positive int; got {value!r}.")
         out[key] = int(value)
     return out
+
+
+def _pad_size_error(pad_size: Any) -> ValueError:
+    """The error for a ``pad_size`` that cannot be padded to."""
+    return ValueError(
+        "pad_size must be {'height': h, 'width': w} (or an int for a square, or a (height, width) pair) to pad "
+        f"to; got {pad_size!r}."
+    )
+
+
+def _standardize_pad_size(pad_size: Any) -> dict[str, int] | None:
+    """``pad_size`` as kept and saved: None, or a size dict (an int is a square, a pair (height, width)).
+
+    As in transformers, the other size dicts (``{"shortest_edge"}``, ...) are accepted here and refused only when
+    padding (:func:`_pad_target`): a file that has one and does not pad loads."""
+    if pad_size is None:
+        return None
+    if isinstance(pad_size, Mapping) and frozenset(k for k, v in pad_size.items() if v is not None) not in _SIZE_KEY_SETS:
+        raise _pad_size_error(dict(pad_size))
+    return _standardize_size(pad_size, name="pad_size")
 
 
 def _standardize_stats(value: Any, name: str) -> tuple[float, ...] | float:
@@ -572,6 +597,42 @@ def _crop_hw(crop_size: Mapping[str, int] | None) -> tuple[int, int]:
     return crop_size["height"], crop_size["width"]
 
 
+def _pad_target(pad_size: Mapping[str, int] | None, sizes: list[tuple[int, int]]) -> tuple[int, int]:
+    """(height, width) that ``do_pad`` brings every image of a batch to, given each one's processed (height,
+    width): ``pad_size``'s, or without it the batch's largest height and largest width (apart)."""
+    if pad_size is None:
+        return max(h for h, _ in sizes), max(w for _, w in sizes)
+    if set(pad_size) != {"height", "width"}:
+        raise _pad_size_error(dict(pad_size))
+    target = pad_size["height"], pad_size["width"]
+    for i, (h, w) in enumerate(sizes):
+        if h > target[0] or w > target[1]:
+            raise ValueError(
+                f"pad_size={dict(pad_size)} is smaller than image {i} of the batch, which is {h} x {w} (height x "
+                "width) before padding. Padding only adds zeros at the bottom and right: pad_size must be at least "
+                "the size of every processed image (or None: the batch's largest)."
+            )
+    return target
+
+
+def _pad_np(chw: np.ndarray, target: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) -> (C, *target) with zeros below and to the right (as transformers' PIL backend pads)."""
+    if chw.shape[1:] == target:
+        return chw
+    out = np.zeros((chw.shape[0], *target), dtype=chw.dtype)
+    out[:, :chw.shape[1], :chw.shape[2]] = chw
+    return out
+
+
+def _pad_torch(chw: torch.Tensor, target: tuple[int, int]) -> torch.Tensor:
+    """(C, h, w) -> (C, *target) with zeros below and to the right (as transformers' torchvision backend pads)."""
+    if tuple(chw.shape[1:]) == target:
+        return chw
+    out = chw.new_zeros((chw.shape[0], *target))
+    out[:, :chw.shape[1], :chw.shape[2]] = chw
+    return out
+
+
 def _needs_unit_rescale(chw: np.ndarray) -> bool:
     """Whether a non-uint8 array must be scaled by 255 to become a uint8 PIL image (floats in [0, 1])."""
     if chw.dtype == np.uint8:
@@ -767,12 +828,22 @@ def _chw_shape(image: np.ndarray | PIL.Image.Image) -> tuple[int, int, int]:
     return (3, image.height, image.width) if isinstance(image, PIL.Image.Image) else image.shape
 
 
+def _output_shapes(arrays: list[np.ndarray | PIL.Image.Image], size: Mapping[str, int], do_resize: bool,
+                   crop: tuple[int, int] | None = None) -> list[tuple[int, int, int]]:
+    """The (C, h, w) each (C, H, W) image comes out as before padding (``crop``: the center crop's (h, w), if
+    any)."""
+    return [(c, *(crop or (_output_size(size, h, w) if do_resize else (h, w)))) for c, h, w in map(_chw_shape, arrays)]
+
+
 def _common_output_shape(arrays: list[np.ndarray | PIL.Image.Image], size: Mapping[str, int],
-                         do_resize: bool, crop: tuple[int, int] | None = None) -> tuple[int, int, int] | None:
-    """The (C, h, w) every (C, H, W) image comes out as (``crop``: the center crop's (h, w), if any), or None if
-    they come out in different shapes."""
-    shapes = {(c, *(crop or (_output_size(size, h, w) if do_resize else (h, w))))
-              for c, h, w in map(_chw_shape, arrays)}
+                         do_resize: bool, crop: tuple[int, int] | None = None,
+                         pad_to: tuple[int, int] | None = None) -> tuple[int, int, int] | None:
+    """The (C, h, w) every (C, H, W) image comes out as (``crop``: the center crop's (h, w), if any; ``pad_to``:
+    the (h, w) of every image once padded, if padded), or None if they come out in different shapes."""
+    if pad_to is not None:
+        shapes = {(c, *pad_to) for c, _, _ in map(_chw_shape, arrays)}
+    else:
+        shapes = set(_output_shapes(arrays, size, do_resize, crop))
     return shapes.pop() if len(shapes) == 1 else None
 
 
@@ -847,6 +918,12 @@ class ViTImageProcessor(PushToHubMixin):
             both backends; transformers 4.x's PIL ``ViTImageProcessor`` ignores it). A crop larger than the image
             pads it with zeros (before rescaling and normalizing), as each transformers backend does.
         crop_size: The crop's size: ``int`` (square), ``(h, w)`` or ``{"height", "width"}``.
+        do_pad: Last of all (after rescaling and normalizing), pad each image with zeros at the bottom and right
+            to ``pad_size``, so that images of different sizes (e.g. ``do_resize=False``) make one batch. As in
+            both transformers 5 backends and transformers 4.x's ``ViTImageProcessorFast``; transformers 4.x's PIL
+            ``ViTImageProcessor`` ignores it.
+        pad_size: The size padded to: ``int`` (square), ``(h, w)`` or ``{"height", "width"}``, at least the size
+            of every processed image; None (default): the largest height and the largest width of the batch.
         backend: ``"torch"`` (default; also ``"torchvision"``): batched ``F.interpolate`` (antialiased bilinear /
             bicubic / lanczos, ``nearest-exact``), transformers 5's default numbers. ``"pil"``: per-image PIL
             resizing, bit for bit transformers' PIL backend. They differ by at most one uint8 level on a few
@@ -876,6 +953,8 @@ class ViTImageProcessor(PushToHubMixin):
         *,
         do_center_crop: bool | None = None,
         crop_size: int | Sequence[int] | Mapping[str, int] | None = None,
+        do_pad: bool | None = None,
+        pad_size: int | Sequence[int] | Mapping[str, int] | None = None,
         backend: str | None = None,
         fast: bool | None = None,
         **kwargs: Any,
@@ -886,11 +965,6 @@ class ViTImageProcessor(PushToHubMixin):
         kwargs.pop(BACKEND_KEY, None)
         for key in _SERVICE_KEYS:
             kwargs.pop(key, None)
-        if kwargs.get("do_pad"):
-            raise ValueError(
-                "do_pad is not supported by this ViT image processor (ViT checkpoints do not use it); set it to "
-                "false or null."
-            )
         self.do_resize = bool(do_resize)
         self.size = _standardize_size(
             size if size is not None else {"height": 224, "width": 224}, default_to_square
@@ -898,6 +972,8 @@ class ViTImageProcessor(PushToHubMixin):
         self.resample = _standardize_resample(resample)
         self.do_center_crop = None if do_center_crop is None else bool(do_center_crop)
         self.crop_size = None if crop_size is None else _standardize_size(crop_size)
+        self.do_pad = None if do_pad is None else bool(do_pad)
+        self.pad_size = _standardize_pad_size(pad_size)
         self.do_rescale = bool(do_rescale)
         self.rescale_factor = float(rescale_factor)
         self.do_normalize = bool(do_normalize)
@@ -958,7 +1034,8 @@ class ViTImageProcessor(PushToHubMixin):
             device: With ``return_tensors="pt"``, put ``pixel_values`` on this device (the torch backend also
                 resizes there).
             **overrides: Any of ``do_resize, size, resample, do_center_crop, crop_size, do_rescale,
-                rescale_factor, do_normalize, image_mean, image_std, do_convert_rgb`` for this call only.
+                rescale_factor, do_normalize, image_mean, image_std, do_convert_rgb, do_pad, pad_size`` for this
+                call only.
         """
         if isinstance(return_tensors, str):
             return_tensors = return_tensors.lower()
@@ -995,11 +1072,15 @@ class ViTImageProcessor(PushToHubMixin):
                 UserWarning,
                 stacklevel=3,
             )
+        pad_to = None  # with do_pad: the (height, width) every image is padded to
+        if opts["do_pad"]:
+            pad_size = _standardize_pad_size(opts["pad_size"]) if "pad_size" in overrides else self.pad_size
+            pad_to = _pad_target(pad_size, [(h, w) for _, h, w in _output_shapes(arrays, size, opts["do_resize"], crop)])
 
         if self.backend == "torch":
             pixel_values = self._run_torch(
                 arrays, opts["do_resize"], size, resample, opts["do_rescale"], rescale_factor,
-                opts["do_normalize"], mean, std, device, crop,
+                opts["do_normalize"], mean, std, device, crop, pad_to,
             )  # fmt: skip
         else:
             # float32, or as in transformers: a float input's own dtype (normalize only), the pixels' (neither)
@@ -1011,12 +1092,13 @@ class ViTImageProcessor(PushToHubMixin):
                 return chw
 
             convert = opts["do_rescale"] or opts["do_normalize"]
-            shape = _common_output_shape(arrays, size, opts["do_resize"], crop)
+            shape = _common_output_shape(arrays, size, opts["do_resize"], crop, pad_to)
             dtypes = {_pil_output_dtype(chw, opts["do_resize"], opts["do_rescale"], opts["do_normalize"])
                       for chw in arrays}
             out_dtype = dtypes.pop() if len(dtypes) == 1 else None
-            # one output batch when every image comes out the same size: no stacking copy afterwards
-            whole = (np.empty((len(arrays), *shape), dtype=out_dtype)
+            # one output batch when every image comes out the same size: no stacking copy afterwards (padded:
+            # zeros, each image written into its top left corner)
+            whole = ((np.empty if pad_to is None else np.zeros)((len(arrays), *shape), dtype=out_dtype)
                      if shape is not None and out_dtype is not None and return_tensors is not None else None)
             pixel_values: list[np.ndarray] = [None] * len(arrays)  # type: ignore[list-item]
             tables: dict[int, np.ndarray] = {}  # channels -> (C, 256), made once per call
@@ -1028,16 +1110,21 @@ class ViTImageProcessor(PushToHubMixin):
                     chw = _pil_resize(chw, _output_size(size, *_chw_shape(chw)[1:]), resample)
                 if crop is not None:
                     chw = _center_crop_np(chw, crop)
+                target = None if whole is None else whole[i]
+                if target is not None and pad_to is not None:
+                    target = target[:, :chw.shape[1], :chw.shape[2]]
                 if chw.dtype == np.uint8 and convert:
                     with tables_lock:
                         if chw.shape[0] not in tables:
                             tables[chw.shape[0]] = _level_table(rescale_normalize, chw.shape[0])
-                    chw = _through_table(chw, tables[chw.shape[0]], out=None if whole is None else whole[i])
+                    chw = _through_table(chw, tables[chw.shape[0]], out=target)
                 else:
                     # without rescale and normalize a copy: not a view of the caller's array
                     chw = rescale_normalize(chw) if convert else chw.copy()
-                    if whole is not None:
-                        whole[i] = chw
+                    if target is not None:
+                        target[...] = chw
+                if pad_to is not None and whole is None:
+                    chw = _pad_np(chw, pad_to)
                 pixel_values[i] = chw  # (C, H, W), float32 unless do_rescale=False
 
             # threads only help the resize; without it the images go one after the other
@@ -1061,9 +1148,10 @@ class ViTImageProcessor(PushToHubMixin):
         std: float | tuple[float, ...],
         device: str | torch.device | None,
         crop: tuple[int, int] | None = None,
+        pad_to: tuple[int, int] | None = None,
     ) -> list[torch.Tensor] | torch.Tensor:
-        """Batched resize/(center crop)/rescale/normalize with torch; images of equal shape and kind are resized
-        together.
+        """Batched resize/(center crop)/rescale/normalize(/pad to ``pad_to``) with torch; images of equal shape
+        and kind are resized together.
 
         Returns one (B, C, h, w) tensor when every image comes out the same size and dtype, else a list of
         (C, h, w). The dtype is float32 unless ``do_normalize=False``; then it is the input's, as transformers'
@@ -1075,10 +1163,12 @@ class ViTImageProcessor(PushToHubMixin):
             is_int = not np.issubdtype(chw.dtype, np.floating)
             dtype = _torch_output_dtype(chw.dtype, do_rescale, do_normalize)
             groups.setdefault((chw.shape, is_int, dtype), []).append(i)
-        common = _common_output_shape(arrays, size, do_resize, crop)
+        common = _common_output_shape(arrays, size, do_resize, crop, pad_to)
         dtypes = {dtype for _, _, dtype in groups}
-        # one output batch when every image comes out the same size: no stacking copy afterwards
-        whole = (torch.empty((len(arrays), *common), dtype=dtypes.pop(), device=device)
+        # one output batch when every image comes out the same size: no stacking copy afterwards (padded: zeros,
+        # each image written into its top left corner)
+        whole = ((torch.empty if pad_to is None else torch.zeros)((len(arrays), *common), dtype=dtypes.pop(),
+                                                                   device=device)
                  if common is not None and len(dtypes) == 1 else None)
         out: list[torch.Tensor | None] = [None] * len(arrays)
         for (shape, is_int, dtype), idx in groups.items():
@@ -1095,11 +1185,18 @@ class ViTImageProcessor(PushToHubMixin):
                 batch = _torch_resize(batch, _output_size(size, shape[1], shape[2]), mode, antialias)
             if crop is not None:
                 batch = _center_crop_torch(batch, crop)
+            # where each image goes in whole, if anywhere: (C, h, w), padded ones in its top left corner
+            height, width = batch.shape[-2:]
+            slots = ([None] * len(idx) if whole is None else [whole[i] for i in idx] if pad_to is None
+                     else [whole[i, :, :height, :width] for i in idx])
             if dtype != torch.float32:  # do_normalize=False and a non-float32 output (rare: made simply)
                 for j, i in enumerate(idx):
                     value = batch[j].to(dtype)
                     value = value * rescale_factor if do_rescale else value
-                    out[i] = whole[i].copy_(value) if whole is not None else value.contiguous()
+                    target = slots[j]
+                    out[i] = target.copy_(value) if target is not None else value.contiguous()
+                    if pad_to is not None and target is None:
+                        out[i] = _pad_torch(out[i], pad_to)
                 continue
             # (x * rescale - mean) / std as one multiply-add into a channels-first float32 batch
             channels = batch.shape[1]
@@ -1112,8 +1209,10 @@ class ViTImageProcessor(PushToHubMixin):
             shift = shift.float().to(batch.device).view(-1, 1, 1)
             scale = scale.float().to(batch.device).view(-1, 1, 1)
             for j, i in enumerate(idx):
-                target = whole[i] if whole is not None else None  # (C, h, w)
+                target = slots[j]
                 out[i] = torch.addcmul(shift, batch[j].float(), scale, out=target)
+                if pad_to is not None and target is None:
+                    out[i] = _pad_torch(out[i], pad_to)
         return whole if whole is not None else out  # type: ignore[return-value]
 
     # ---- serialization ------------------------------------------------------------------------------------
@@ -1138,6 +1237,10 @@ class ViTImageProcessor(PushToHubMixin):
             out["do_center_crop"] = self.do_center_crop
         if self.crop_size is not None:
             out["crop_size"] = dict(self.crop_size)
+        if self.do_pad is not None:
+            out["do_pad"] = self.do_pad
+        if self.pad_size is not None:
+            out["pad_size"] = dict(self.pad_size)
         if self.backend == "pil":  # so that vitmsn loads it with this backend again (transformers ignores it)
             out[BACKEND_KEY] = "pil"
         return out
@@ -1295,7 +1398,8 @@ def _collate(
     if len(shapes) > 1:
         raise ValueError(
             f"Cannot stack images of different output shapes {sorted(shapes)} into one tensor (size="
-            "{'shortest_edge': ...} keeps aspect ratios); use a fixed {'height', 'width'} size or return_tensors=None."
+            "{'shortest_edge': ...} keeps aspect ratios); use a fixed {'height', 'width'} size, do_pad=True (zeros "
+            "at the bottom and right) or return_tensors=None."
         )
     if isinstance(pixel_values[0], torch.Tensor):
         batch = torch.stack(pixel_values)  # (B, C, H, W)
