@@ -60,6 +60,7 @@ from bench.common import (  # noqa: E402
     write_result,
 )
 from bench.matmul_peak import QUICK_SIZES, SIZES, measure_peak  # noqa: E402
+from vitmsn.distributed import native_bf16  # noqa: E402
 
 NAME = "pretrain_step"
 TARGET_SPEEDUP = 1.5  # vitmsn images/s / lightly images/s
@@ -109,7 +110,8 @@ def pretrain_config(name: str, quick: bool, batch: int | None = None, device: st
         overrides.update(spec["quick"])
     if batch:
         overrides["batch_size"] = batch
-    overrides.update(num_workers=0, tensorboard=False, bf16=device == "cuda")
+    # bf16 only on a GPU that computes in it natively (an older GPU times its fp32 step instead)
+    overrides.update(num_workers=0, tensorboard=False, bf16=device == "cuda" and native_bf16())
     return preset(spec["preset"]).with_overrides(overrides)
 
 

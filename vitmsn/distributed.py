@@ -72,12 +72,12 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
     """``torch.autocast`` to bfloat16 on ``device`` (inactive unless ``enabled``); asking for it on a GPU without
     bfloat16 is one clear error here, not a failure inside the first forward."""
-    if enabled and device.type == "cuda" and not _native_bf16():
+    if enabled and device.type == "cuda" and not native_bf16():
         raise ValueError("bf16 needs a GPU with bfloat16 (NVIDIA Ampere or newer): turn bf16 off")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def _native_bf16() -> bool:
+def native_bf16() -> bool:
     """Whether the current GPU computes in bfloat16 natively (torch's default check also counts emulation)."""
     try:
         return torch.cuda.is_bf16_supported(including_emulation=False)
@@ -124,7 +124,7 @@ def max_over_processes(n: int, device: torch.device | str) -> int:
     """The largest of each process's ``n`` (every process must call it; ``n`` itself in one process)."""
     if not (is_initialized() and world_size() > 1):
         return int(n)
-    t = torch.tensor(int(n), dtype=torch.int64, device=device)
+    t = torch.full((), int(n), dtype=torch.int64, device=device)  # a fill, not a host-to-GPU copy (no sync)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t)
 

@@ -533,7 +533,7 @@ class ViTForMaskedImageModeling(PreTrainedModel):
         if bool_masked_pos is not None:
             # (B, gh, gw) -> pixel mask (B, 1, H, W); L1 on masked pixels, averaged as transformers does
             mask = bool_masked_pos.reshape(-1, *grid).repeat_interleave(ph, 1).repeat_interleave(pw, 2).unsqueeze(1)
-            mask = mask.to(reconstruction.dtype)
+            mask = mask.to(device=reconstruction.device, dtype=reconstruction.dtype)
             target = pixel_values[:, :, : reconstruction.shape[2], : reconstruction.shape[3]]
             l1 = F.l1_loss(target.to(reconstruction.dtype), reconstruction, reduction="none")
             loss = (l1 * mask).sum() / (mask.sum() + 1e-5) / c.num_channels

@@ -108,7 +108,7 @@ class VisionTransformer(nn.Module):
                     or bool_masked_pos.shape[1] != x.shape[1]:
                 raise ValueError(f"bool_masked_pos must have shape {tuple(x.shape[:2])} (or (1, {x.shape[1]}) for "
                                  f"every image), got {tuple(bool_masked_pos.shape)}")
-            w = bool_masked_pos.unsqueeze(-1).to(x.dtype)  # (B or 1, P, 1)
+            w = bool_masked_pos.unsqueeze(-1).to(device=x.device, dtype=x.dtype)  # (B or 1, P, 1)
             x = x * (1.0 - w) + self.mask_token.to(x.dtype) * w
         pos = self.pos_embed_for(height, width, bool(interpolate_pos_encoding))  # (1, 1 + P, D)
         x = x + pos[:, 1:]

@@ -209,7 +209,7 @@ def sinkhorn(probs: Tensor, num_iters: int = 3, *, all_reduce_mean: AllReduceMea
     q = probs.detach().T.clone()  # (K, B_local)
     num_protos, local_batch = q.shape
     # [mean total mass, mean batch size] over workers
-    stats = reduce(torch.stack([q.sum(), q.new_tensor(float(local_batch))]))  # (2,)
+    stats = reduce(torch.stack([q.sum(), q.new_full((), float(local_batch))]))  # (2,)
     mean_batch = stats[1]  # B_global / W
     q.mul_(mean_batch / stats[0])  # global total mass == B_global (each sample ~ 1)
     for _ in range(num_iters):
