@@ -178,6 +178,33 @@ def test_training_pixels_follow_the_processor(model_dir):
     torch.testing.assert_close(raw[0], raw[1], atol=1e-5, rtol=0)
 
 
+def test_training_pixels_take_the_processors_center_crop(model_dir, data_dir, tmp_path):
+    """A processor saved with do_center_crop (resize to 40, crop 32, as "resize 256, crop 224"): the training
+    images come out at its crop size, which it predicts at (not at its resize size: the 32-pixel model would
+    refuse 40-pixel images), without augmentation they are its own pixels, and fine-tuning runs."""
+    import shutil
+
+    from vitmsn.eval.predict import load_processor
+
+    enc = tmp_path / "enc"
+    shutil.copytree(model_dir, enc)
+    ViTImageProcessor(size=40, do_center_crop=True, crop_size=32, image_mean=[0.4, 0.45, 0.5],
+                      image_std=[0.2, 0.25, 0.3]).save_pretrained(enc)
+    processor = load_processor(enc)
+    assert processor.do_center_crop and processor.crop_size == {"height": 32, "width": 32}
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 27, 3), dtype=np.uint8))
+    want = processor(rgb, return_tensors="pt")["pixel_values"][0]
+    assert want.shape == (3, 32, 32)
+    torch.testing.assert_close(train_transform(processor, 32, augment=False)(rgb), want, atol=1e-5, rtol=0)
+    assert train_transform(processor, 32, augment=True)(rgb).shape == (3, 32, 32)
+    # the crop's size, not the model's image size, whatever their shapes
+    other = ViTImageProcessor(size=48, do_center_crop=True, crop_size={"height": 32, "width": 24})
+    for augment in (True, False):
+        assert train_transform(other, 32, augment=augment)(rgb).shape == (3, 32, 24)
+    out = finetune(str(enc), str(data_dir), tmp_path / "ft", epochs=1, max_steps=1, val_fraction=0.25, **FAST)
+    assert json.loads((out / "metrics.json").read_text())["step"] == 1
+
+
 def test_stratified_split_and_folders(data_dir, tmp_path):
     split = load_labelled_data(data_dir, val_fraction=0.25, seed=0)
     assert split.classes == ["blue", "green", "red"] and len(split.train) == 27 and len(split.val) == 9
@@ -465,3 +492,15 @@ def test_finetune_takes_numpy_numbers(model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="neither 'fashion-mnist' nor a directory"):
         finetune(str(model_dir), str(tmp_path / "missing"), tmp_path / "ft", lr=np.float32(1e-3),
                  min_lr=np.float64(0.0), clip_grad=np.float32(1.0), **{k: v for k, v in FAST.items() if k != "lr"})
+
+
+def test_cli_resume_of_a_gpu_run_without_a_gpu_names_device_cpu(tmp_path, capsys, monkeypatch):
+    # a run fine-tuned on a GPU, resumed on a machine without one: one line saying how to go on on the CPU
+    from vitmsn.eval.finetune import SETTINGS_FILE
+
+    run = tmp_path / "ft"
+    run.mkdir()
+    (run / SETTINGS_FILE).write_text(json.dumps({"model": "m", "data": "d", "device": "cuda:0", "epochs": 1}))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["finetune", "--out", str(run), "--resume", "--no-progress"]) == 2
+    _one_error_line(capsys, "fine-tuned on cuda:0", "--device cpu")

@@ -382,6 +382,44 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
         assert int(last[header.index("skipped_images")]) == expected, workers
 
 
+def test_bad_image_warnings_agree_with_the_final_count_when_max_steps_stops_the_run(tmp_path):
+    """Workers load batches ahead of the step; a run stopped by max_steps warns only about the bad files of the
+    batches it trained on, once each, and its last line counts those draws and those warnings."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shapes = Shapes(n=30)
+    for i in range(len(shapes)):  # every 3rd file unreadable, each followed by a readable one
+        if i % 3 == 1:
+            (folder / f"{i:02d}.png").write_bytes(b"")
+        else:
+            shapes[i][0].save(folder / f"{i:02d}.png")
+    from vitmsn.data.folder import ImageFolderDataset
+    from vitmsn.training import GlobalBatchSampler
+
+    paths = ImageFolderDataset(folder, labelled=False).paths
+    sampler = GlobalBatchSampler(len(paths), 8, seed=0)
+    sampler.set_epoch(0)
+    order = list(sampler)
+    first = {paths[i] for i in order[:8] if Path(paths[i]).stat().st_size == 0}
+    later = {paths[i] for i in order[8:] if Path(paths[i]).stat().st_size == 0} - first
+    assert first and later  # bad files in the one batch trained on, and others in the batches loaded ahead
+
+    run = tmp_path / "run"
+    done = subprocess.run(cli("pretrain", "--preset", "vit-small/16", "--data", str(folder), "--out", str(run),
+                              *SMALL, "--set", "rand_size=32", "--set", "focal_size=16", "--set", "patch_size=8",
+                              "--set", "seed=0", "--set", "num_workers=2", "--set", "max_steps=1"),
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    warned = [line.rsplit("cannot load image ", 1)[1].split(": ")[0] for line in done.stderr.splitlines()
+              if "skipping bad image" in line and "cannot load image" in line]
+    assert sorted(warned) == sorted(first), done.stderr  # each once, none of the batches left unused
+    rows = (run / "log.csv").read_text().splitlines()
+    assert int(rows[-1].split(",")[rows[0].split(",").index("skipped_images")]) == len(first)
+    assert (f"{len(first)} images drawn since the run started (or was resumed) were unreadable and replaced by "
+            f"the next readable one: draws of the files named in the {len(first)} 'skipping bad image' "
+            "warning(s) above") in done.stderr, done.stderr
+
+
 def test_csv_and_tensorboard_logs(tmp_path):
     pytest.importorskip("tensorboard")
     from vitmsn.msn.train import pretrain

@@ -52,6 +52,44 @@ def test_quickstart_smoke(tmp_path, capsys):
     assert "with or without --smoke" in err and err.count("\n") == 1
 
 
+def test_interrupted_smoke_run_says_the_command_that_continues_it(tmp_path, capsys, caplog, monkeypatch):
+    """A --smoke quickstart stopped by Ctrl-C prints a quickstart --smoke command (not a pretrain --resume,
+    which would skip the report, nor one that loses the smoke settings); running it finishes the smoke run.
+    A smoke run's stop at its max_steps gives no command that would pretrain the whole preset."""
+    import os
+    import shlex
+    import signal
+
+    from vitmsn.msn import train
+    from vitmsn.training import load_checkpoint
+
+    data = write_fashion_like(tmp_path / "fm")
+    out = tmp_path / "qs"
+    step, calls = train.train_step, []
+
+    def step_then_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # the step finishes, then the run saves and stops
+        return step(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(train, "train_step", step_then_ctrl_c)
+        assert main(["quickstart", "--smoke", "--data", str(data), "--out", str(out), "--no-progress"]) == 130
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"stopped at step 2; saved {out / 'pretrain' / 'checkpoints' / 'latest.pt'}; "
+                           "continue with: "), line
+    argv = shlex.split(line.split("continue with: ", 1)[1])
+    assert argv == ["vitmsn", "quickstart", "--smoke", "--out", str(out), "--data", str(data)], argv
+    caplog.clear()
+    with caplog.at_level("INFO", logger="vitmsn"):
+        assert main([*argv[1:], "--no-progress"]) == 0
+    assert load_checkpoint(out / "pretrain" / "checkpoints" / "latest.pt")["step"] == 6  # the smoke's max_steps
+    assert f"found a run in {out / 'pretrain'} at step 2" in caplog.text
+    assert json.loads((out / "lowshot.json").read_text())["meta"]["command"] == "vitmsn quickstart --smoke"
+    assert "max_steps=0" not in caplog.text and "the length of a --smoke run" in caplog.text, caplog.text
+
+
 def test_logistic_regression_known_answer():
     """Two well separated Gaussian classes: the protocol must classify them perfectly from one shot each."""
     rng = np.random.default_rng(0)
@@ -128,6 +166,34 @@ def test_lowshot_settings_and_unreadable_test_images(tmp_path, capsys, caplog):
     assert "9_bad.png" in caplog.text and "left out 2 unreadable image file(s)" in caplog.text
     for r in rows:
         assert abs(r["mean"] * 8 / 100 - round(r["mean"] * 8 / 100)) < 1e-9, r
+
+
+def test_empty_subset_file_is_its_own_error_before_any_work(tmp_path, capsys, monkeypatch):
+    """An empty --subset-file (or one of comments only) is one error naming the file and saying it is empty,
+    not the one for a subset of fewer than two classes; no model is loaded and --out is not created."""
+    from vitmsn.eval import features
+
+    model, data = _tiny_model_and_folders(tmp_path)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the subset file was checked")
+
+    monkeypatch.setattr(features, "load_backbone", no_work)
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "comments.txt").write_text("# picked by hand\n\n")
+    for name in ("empty.txt", "comments.txt"):
+        out = tmp_path / f"out-{name}"
+        assert main(["lowshot", "--model", str(model), "--data", str(data), "--shots", "1", "--no-progress",
+                     "--subset-file", str(tmp_path / name), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"subset file {tmp_path / name} is empty" in err[0], err
+        assert "two classes" not in err[0], err
+        assert not out.exists()
+    # the library: an empty subset is refused by name before any row is computed
+    monkeypatch.setattr(lowshot, "logistic_regression", no_work)
+    x, y = np.zeros((4, 3)), np.array([0, 0, 1, 1])
+    with pytest.raises(ValueError, match="subset mine.txt is empty"):
+        lowshot.evaluate((x, y), (x, y), shots=[1], splits=1, subsets=[("mine.txt", np.array([], dtype=np.int64))])
 
 
 def test_lowshot_evaluate_checks_and_clamps_k():

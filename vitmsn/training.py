@@ -71,9 +71,13 @@ class SeededTransform(Dataset):
     """Applies ``transform`` with the RNGs seeded from (seed, epoch, index): augmentations that do not
     depend on which worker draws them, nor on where a run was resumed."""
 
-    def __init__(self, base: Dataset, transform: Callable, seed: int = 0, count_skips: bool = False):
+    def __init__(self, base: Dataset, transform: Callable, seed: int = 0, report_skips: bool = False):
         self.base, self.transform, self.seed, self.epoch = base, transform, seed, 0
-        self.count_skips = count_skips  # also return 1 if this item's file was unreadable (and replaced), else 0
+        # report_skips: the base data set does not warn about an unreadable file; each item also says why its
+        # file was replaced by the next readable one ("cannot load image PATH: ..."), or is "" when it was not,
+        # for the training loop to warn about the images it trains on (not about batches its DataLoader's
+        # workers loaded ahead and a stop at max_steps left unused)
+        self.report_skips = report_skips
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -82,16 +86,21 @@ class SeededTransform(Dataset):
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:
-        load_item = getattr(self.base, "load_item", None)  # image folders replace unreadable files and say so
-        if load_item is not None:
+        # image folders replace unreadable files and say so
+        quiet = getattr(self.base, "load_item_quietly", None) if self.report_skips else None
+        load_item = getattr(self.base, "load_item", None)
+        if quiet is not None:
+            image, label, reason = quiet(index)
+        elif load_item is not None:
             image, label, replaced = load_item(index)
+            reason = f"cannot load image {index} of the data set" if replaced else None
         else:
-            (image, label), replaced = self.base[index], False
+            (image, label), reason = self.base[index], None
         s = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
         torch.manual_seed(s)
         random.seed(s)
-        if self.count_skips:
-            return self.transform(image), label, int(replaced)
+        if self.report_skips:
+            return self.transform(image), label, reason or ""
         return self.transform(image), label
 
 

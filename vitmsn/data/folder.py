@@ -207,7 +207,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             raise FileNotFoundError(
                 f"no image files {kind}found under {self.root} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS)[:12])}, ...)"
             )
-        self._bad: set[int] = set()
+        self._bad: dict[int, str] = {}  # position -> why it cannot be loaded
         self._skipped: Counter[str] = Counter()
         self._verified = False  # every remaining file decoded by scan(verify=True)
         if verify:
@@ -288,7 +288,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         bad = set(indices)
         if bad:
             self.samples = [s for i, s in enumerate(self.samples) if i not in bad]
-        self._bad = set()
+        self._bad = {}
         if not self.samples:
             raise FileNotFoundError(f"no loadable image under {self.root}: all {len(bad)} files are bad")
 
@@ -303,26 +303,41 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         """``(image, label, replaced)``: as ``self[index]``, and whether the file asked for was unreadable (and
         the next readable one given instead). Exact in any process: it does not depend on which bad files this
         copy of the data set met before (DataLoader workers each hold a copy)."""
+        image, label, reason = self._load(index, warn=True)
+        return image, label, reason is not None
+
+    def load_item_quietly(self, index: int) -> tuple[Any, int, str | None]:
+        """As :meth:`load_item`, but without warnings: ``(image, label, reason)``, where ``reason`` says why the
+        file asked for was replaced by the next readable one (``cannot load image PATH: ...``), else None.
+
+        For a caller that warns about the images it uses itself: a training loop, whose DataLoader workers load
+        batches ahead that a run stopped at ``max_steps`` never uses."""
+        return self._load(index, warn=False)
+
+    def _load(self, index: int, warn: bool) -> tuple[Any, int, str | None]:
         n = len(self.samples)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for dataset of size {n}")
         index %= n
+        replaced: str | None = None  # why the file asked for is not the one returned
         for offset in range(n):
             i = (index + offset) % n
             path, label = self.samples[i]
-            if i in self._bad:
+            reason = self._bad.get(i)
+            if reason is None:
+                try:
+                    img = load_image(path, self.mode)
+                except ImageLoadError as err:
+                    if warn:
+                        logger.warning("skipping bad image (using the next one instead): %s", err)
+                    reason = self._bad[i] = str(err)
+            if reason is not None:
                 self._skipped[path] += 1
-                continue
-            try:
-                img = load_image(path, self.mode)
-            except ImageLoadError as err:
-                logger.warning("skipping bad image (using the next one instead): %s", err)
-                self._bad.add(i)
-                self._skipped[path] += 1
+                replaced = replaced or reason
                 continue
             if self.transform is not None:
                 img = self.transform(img)
-            return img, label, offset > 0
+            return img, label, replaced
         raise NoLoadableImageError(self.root, n)
 
 

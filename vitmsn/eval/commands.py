@@ -45,7 +45,13 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         if not (args.model and args.data):
             raise ValueError("--model and --data are needed (only --resume takes them from the run)")
         base, model, data = {}, args.model, args.data
-    kwargs = {**base, **given, "device": args.device or base.get("device")}
+    saved_device = base.get("device")
+    import torch  # here, not at the top: the command line's --help stays free of torch
+
+    if args.device is None and str(saved_device or "").startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"{args.out} was fine-tuned on {saved_device}, and no CUDA GPU is available here: add "
+                         "--device cpu to continue it on the CPU")
+    kwargs = {**base, **given, "device": args.device or saved_device}
     out = finetune(model, data, args.out, resume=args.resume, progress=not args.no_progress, **kwargs)
     metrics = json.loads((out / "metrics.json").read_text())
     if args.json:
@@ -177,7 +183,8 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--layer-decay", type=float, metavar="D",
                     help="layer-wise lr decay: block i learns at lr * D^(layers + 1 - i), the embeddings at "
                          "lr * D^(layers + 1), the classifier at lr (default: off)")  # fmt: skip
-    sp.add_argument("--no-augment", action="store_true", help="resize only, no random crops and flips")
+    sp.add_argument("--no-augment", action="store_true",
+                    help="the processor's resize (and center crop) only, no random crops and flips")
     sp.add_argument("--crop-scale", type=_crop_scale, metavar="LO,HI",
                     help="RandomResizedCrop area range (default 0.08,1.0)")  # fmt: skip
     sp.add_argument("--val-fraction", type=float,

@@ -6,8 +6,9 @@ cross-entropy with label smoothing, optional layer-wise learning-rate decay, Ran
 flip for training and a plain resize for evaluation.
 
 Pixels match the model directory's ``preprocessor_config.json``: the training transform is built from the
-processor's size, filter, rescale factor, mean and std (torchvision transforms v2), and evaluation runs the
-processor itself. Grayscale images become three equal channels.
+processor's size (its crop size, if it center-crops: the size it predicts at), filter, rescale factor, mean and
+std (torchvision transforms v2), and evaluation runs the processor itself. Grayscale images become three equal
+channels.
 
 A run folder holds ``finetune.json`` (the settings), ``log.csv``, ``checkpoints/latest.pt`` (written atomically:
 weights, optimizer, step, RNG states, running metrics), ``metrics.json`` (per-epoch train/val loss and
@@ -189,24 +190,30 @@ def train_transform(
 ) -> v2.Compose:  # fmt: skip
     """PIL image -> (C, H, W) float32 as the processor would make it, with training augmentation.
 
-    The size is the processor's ``{"height", "width"}`` (else ``image_size``), the interpolation its
-    ``resample`` filter; then the processor's rescale factor and mean/std. ``augment``: RandomResizedCrop
-    (``crop_scale``) + horizontal flip; otherwise a plain resize, which gives the processor's numbers.
+    The output size is the processor's final one, at which it predicts: its ``crop_size`` when it has
+    ``do_center_crop``, else its ``{"height", "width"}`` size (else ``image_size``); the interpolation is its
+    ``resample`` filter; then the processor's rescale factor and mean/std. ``augment``: RandomResizedCrop to
+    that size (``crop_scale``) + horizontal flip; otherwise the processor's resize (and center crop), which
+    gives its numbers.
     """
     size = processor.size
     if "height" in size:
-        hw = (size["height"], size["width"])
+        resize: Any = (size["height"], size["width"])
+    elif "shortest_edge" in size and "longest_edge" not in size:
+        resize = size["shortest_edge"]  # torchvision's int size: the shorter edge, as the processor resizes it
     else:
-        hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        resize = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    crop = _center_crop_size(processor)
+    hw = crop or (resize if isinstance(resize, tuple) else (resize, resize))
     from PIL.Image import Resampling
 
     interpolation = InterpolationMode(Resampling(processor.resample).name.lower())
-    steps: list[Any] = (
-        [v2.RandomResizedCrop(hw, scale=crop_scale, interpolation=interpolation, antialias=True),
-         v2.RandomHorizontalFlip()]
-        if augment
-        else [v2.Resize(hw, interpolation=interpolation, antialias=True)] if processor.do_resize else []
-    )  # fmt: skip
+    if augment:
+        steps: list[Any] = [v2.RandomResizedCrop(hw, scale=crop_scale, interpolation=interpolation, antialias=True),
+                            v2.RandomHorizontalFlip()]
+    else:
+        steps = [v2.Resize(resize, interpolation=interpolation, antialias=True)] if processor.do_resize else []
+        steps += [v2.CenterCrop(crop)] if crop else []  # zero padding where the crop is larger, as the processor
     steps += [v2.ToImage(), v2.RGB() if num_channels == 3 else v2.Grayscale(1), v2.ToDtype(torch.float32)]
     if processor.do_rescale:
         steps.append(_Rescale(processor.rescale_factor))
@@ -218,6 +225,19 @@ def train_transform(
             )
         )
     return v2.Compose(steps)
+
+
+def _center_crop_size(processor: Any) -> tuple[int, int] | None:
+    """(height, width) of the processor's center crop, or None when it does not crop."""
+    if not getattr(processor, "do_center_crop", False):
+        return None
+    crop = getattr(processor, "crop_size", None)
+    if isinstance(crop, int):
+        return crop, crop
+    if not isinstance(crop, dict) or "height" not in crop or "width" not in crop:
+        raise ValueError(f"the image processor has do_center_crop but its crop_size {crop!r} is not a "
+                         "{'height', 'width'} size")
+    return int(crop["height"]), int(crop["width"])
 
 
 class ProcessorTransform:
@@ -470,7 +490,8 @@ def finetune(
         label_smoothing: of the training cross-entropy.
         layer_decay: layer-wise lr decay: block ``i`` (1-based) learns at ``lr * decay ** (L + 1 - i)``, the
             embeddings at ``lr * decay ** (L + 1)``, the final norm and the classifier at ``lr``.
-        augment: RandomResizedCrop (``crop_scale``) + flip for training, else a plain resize.
+        augment: RandomResizedCrop (``crop_scale``) + flip for training, else the processor's resize (and
+            center crop, if it has one).
         val_fraction, val_data: validation split (when ``data`` has no val/ folder) or an explicit folder.
         clip_grad: clip the gradient norm to this value.
         device, bf16: where to train (default cuda when available) and bfloat16 autocast.

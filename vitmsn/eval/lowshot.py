@@ -126,6 +126,17 @@ def check_settings(*, splits: int = 3, knn_k: int | None = None, batch_size: int
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
 
 
+def check_subset(name: str, idx: np.ndarray, labels: np.ndarray) -> None:
+    """A labelled subset (the training images at ``idx``) a logistic regression can be fitted on: not empty,
+    and of at least two classes; an error names it."""
+    idx = np.asarray(idx, dtype=np.int64)
+    if len(idx) == 0:
+        raise ValueError(f"subset {name} is empty: it holds no labelled image")
+    if len(np.unique(np.asarray(labels)[idx])) < 2:
+        raise ValueError(f"subset {name}: its {len(idx)} image(s) are all of one class; logistic regression needs "
+                         "labelled images of at least two classes")
+
+
 def knn_neighbours(knn_k: int, num_train: int) -> int:
     """The k a k-NN over ``num_train`` images can use: ``knn_k``, or all of them when there are fewer (with a
     warning), so that the table reports the k actually used."""
@@ -148,6 +159,8 @@ def evaluate(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.nd
     """
     check_settings(splits=splits, knn_k=knn_k)
     (train_x, train_y), (test_x, test_y) = train, test
+    for name, idx in subsets:  # before any row is computed
+        check_subset(name, idx, train_y)
     rows: list[LowShotRow] = []
     for k in shots:
         row = LowShotRow(f"{k} per class", float(k))

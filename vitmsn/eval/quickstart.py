@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import platform
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -118,20 +119,21 @@ def run_lowshot(model: str, data: str, *, shots: list[int], splits: int, percent
     from vitmsn.eval.features import check_writable_folder, extract_features, load_backbone
 
     lowshot.check_settings(splits=splits, knn_k=knn_k, batch_size=batch_size)  # before minutes of features
-    outp = check_writable_folder(out) if out else None
+    entries = [(f, _subset_entries(f)) for f in subset_files]  # a missing or empty file: before anything else
     train, test, classes = labelled_splits(data, root=data_root)
     train, test = _first(train, max_train), _first(test, max_test)
     _check_shots(train, shots, classes)  # before minutes of features
-    subsets = [(Path(f).name, _subset_keys(f, train)) for f in subset_files]
+    subsets = [(Path(f).name, _subset_keys(f, e, train)) for f, e in entries]
+    outp = check_writable_folder(out) if out else None  # once all else is checked: an error leaves no folder
     train_labels, test_labels = _labels_of(train), _labels_of(test)
     backbone, processor = load_backbone(model, device=resolve_device(device))
     tx, ty = extract_features(backbone, train, processor, pool=pool, batch_size=batch_size, progress=progress,
                               desc="train features")
     _check_readable_per_class(train_labels, ty, shots, classes)  # before the test features
+    subset_rows = [(name, _indices_now(name, keys, train)) for name, keys in subsets]  # so are these
     vx, vy = extract_features(backbone, test, processor, pool=pool, batch_size=batch_size, progress=progress,
                               desc="test features")
     _warn_classes_gone(test_labels, vy, classes)
-    subset_rows = [(name, _indices_now(name, keys, train)) for name, keys in subsets]
     rows = lowshot.evaluate((tx, ty), (vx, vy), shots=shots, splits=splits, percent=percent, subsets=subset_rows,
                             seed=seed, full=full, knn_k=knn_k, classes=classes)
     columns = {Path(model).name or model: rows}
@@ -144,15 +146,26 @@ def run_lowshot(model: str, data: str, *, shots: list[int], splits: int, percent
     return columns
 
 
-def _subset_keys(path: str, dataset: Any) -> list[Any]:
-    """A subset file read and matched against ``dataset`` before any feature is computed (an error names the
+def _subset_entries(path: str) -> list[str]:
+    """The entries of a subset file; an error names the file if it is missing or empty (names no image)."""
+    from vitmsn.data.folder import read_subset_entries
+
+    entries = read_subset_entries(path)
+    if not entries:
+        only = " (it has only blank and # comment lines)" if Path(path).read_text(encoding="utf-8").strip() else ""
+        raise ValueError(f"subset file {path} is empty{only}: it names no image; give one labelled training image "
+                         "per line (its path below the training folder or its file name; for fashion-mnist its "
+                         "index)")
+    return entries
+
+
+def _subset_keys(path: str, entries: list[str], dataset: Any) -> list[Any]:
+    """A subset file's entries matched against ``dataset`` before any feature is computed (an error names the
     file): the file paths of its images for an image folder (whose unreadable files the extraction leaves out,
     which shifts the indices), else their indices."""
-    from vitmsn.data.folder import read_subset_file
+    from vitmsn.data.folder import subset_entries_to_indices
 
-    idx = np.asarray(read_subset_file(path, dataset), dtype=np.int64)
-    if len(idx) == 0:
-        raise ValueError(f"subset file {path} names no image")
+    idx = np.asarray(subset_entries_to_indices(entries, dataset, path), dtype=np.int64)
     labels = _labels_of(dataset)
     if labels is not None and len(np.unique(labels[idx])) < 2:
         raise ValueError(f"subset file {path}: its {len(idx)} image(s) are all of one class; logistic regression "
@@ -168,6 +181,9 @@ def _indices_now(name: str, keys: list[Any], dataset: Any) -> np.ndarray:
         return np.asarray(keys, dtype=np.int64)
     position = {p: j for j, p in enumerate(dataset.paths)}
     idx = [position[p] for p in keys if p in position]
+    if not idx:
+        raise ValueError(f"subset file {name}: none of its {len(keys)} images is readable (the warnings above name "
+                         "the unreadable files)")
     if len(idx) < len(keys):
         logger.warning("subset file %s: %d of its %d images are unreadable and left out", name,
                        len(keys) - len(idx), len(keys))
@@ -229,20 +245,31 @@ def quickstart(*, data: str | None = None, out: str = "runs/quickstart", smoke: 
     if smoke:  # a few steps on a few images: checks that everything runs, says nothing about accuracy
         cfg = cfg.with_overrides({"max_steps": 6, "batch_size": 32, "num_workers": 0, "tensorboard": False})
     cfg = cfg.with_overrides(settings or [])
+    # what a stop says: the quickstart command continues the run (this one, with --smoke and --set as given),
+    # and then writes the report; a --smoke run stops at its max_steps by design
+    hints = {"continue_with": _quickstart_command(out, data=data, smoke=smoke, settings=settings or [],
+                                                  device=device)}
+    if smoke:
+        hints["at_max_steps"] = ("the length of a --smoke run (vitmsn quickstart without --smoke, in another --out, "
+                                 "pretrains the whole preset)")
+    else:
+        rest = [a for a in settings or [] if _setting_key(a) != "max_steps"]
+        hints["at_max_steps"] = "continue with: " + _quickstart_command(
+            out, data=data, smoke=False, settings=[*rest, "max_steps=0"], device=device)
     t0 = time.perf_counter()
     latest = Path(cfg.out) / "checkpoints" / LATEST
     if latest.exists():
         done = load_checkpoint(latest)["step"]
         logger.info("found a run in %s at step %d; continuing it (delete the folder to start over)", cfg.out, done)
         try:
-            pretrain(cfg, resume=True, device=device, progress=progress)
+            pretrain(cfg, resume=True, device=device, progress=progress, **hints)
         except ValueError as e:
             if "settings differ" not in str(e):
                 raise
             raise ValueError(f"{out} holds a quickstart run made with other settings (with or without --smoke, or "
                              f"other --set): choose another --out, or delete it to start over ({e})") from None
     else:
-        pretrain(cfg, device=device, progress=progress)
+        pretrain(cfg, device=device, progress=progress, **hints)
     pretrain_s = time.perf_counter() - t0
     model_dir = export_encoder(cfg.out, outp / "model", overwrite=True)  # the run may be newer
 
@@ -282,9 +309,25 @@ def quickstart(*, data: str | None = None, out: str = "runs/quickstart", smoke: 
 _QUICKSTART_FIXED = ("dataset", "data", "out")
 
 
+def _setting_key(setting: str) -> str:
+    """The key of a ``--set key=value``, as the configuration reads it."""
+    return setting.split("=", 1)[0].strip().replace("-", "_")
+
+
+def _quickstart_command(out: str | Path, *, data: str | None, smoke: bool, settings: list[str],
+                        device: str | None) -> str:
+    """The ``vitmsn quickstart`` command line of these options (quoted for a POSIX shell)."""
+    argv = ["vitmsn", "quickstart", *(["--smoke"] if smoke else []), "--out", str(out)]
+    argv += ["--data", str(data)] if data else []
+    for a in settings:
+        argv += ["--set", a]
+    argv += ["--device", device] if device else []
+    return shlex.join(argv)
+
+
 def _check_quickstart_settings(settings: list[str]) -> None:
     for a in settings:
-        key = a.split("=", 1)[0].strip().replace("-", "_")
+        key = _setting_key(a)
         if key in _QUICKSTART_FIXED:
             raise ValueError(
                 f"--set {a}: quickstart always pretrains on Fashion-MNIST (--data is the folder of its IDX files) "

@@ -132,11 +132,13 @@ def in_memory_images(dataset: Dataset) -> torch.Tensor | None:
 
 
 class WorkerViews:
-    """Batches of views made image by image in DataLoader workers: yields (views, skipped-file count)."""
+    """Batches of views made image by image in DataLoader workers: yields (views, replaced), ``replaced`` the
+    reasons (``cannot load image PATH: ...``) of the batch's images whose file was unreadable and replaced by
+    the next readable one (the workers do not warn: the training loop does, for the batches it trains on)."""
 
     def __init__(self, cfg: PretrainConfig, images: Dataset, sampler: GlobalBatchSampler, device: torch.device):
         self.sampler = sampler
-        self.dataset = SeededTransform(images, build_views(cfg), seed=cfg.seed, count_skips=True)
+        self.dataset = SeededTransform(images, build_views(cfg), seed=cfg.seed, report_skips=True)
         self.loader = DataLoader(self.dataset, batch_size=sampler.b, sampler=sampler, num_workers=cfg.num_workers,
                                  drop_last=True, pin_memory=device.type == "cuda",
                                  worker_init_fn=ignore_sigint if cfg.num_workers else None)
@@ -146,8 +148,8 @@ class WorkerViews:
         self.dataset.set_epoch(epoch)
 
     def __iter__(self):
-        for views, _, skips in self.loader:
-            yield views, skips
+        for views, _, reasons in self.loader:
+            yield views, [r for r in reasons if r]
 
 
 GPU_RESIDENT_BYTES = 2 << 30  # in-memory data sets up to this size are moved to the GPU whole (Fashion-MNIST: 47 MB)
@@ -178,7 +180,7 @@ class BatchedViews:
             pixels = dist.to_device(self.images[rows], self.device)  # (b, C, H, W)
             # the draws of the whole global batch, this process's rows: W processes = 1 process
             views = self.make_views(pixels, g, offset=s.rank * b, total=b * s.world)
-            yield views, torch.zeros(1, dtype=torch.int64)
+            yield views, []  # images in memory: none unreadable
 
 
 def build_loader(cfg: PretrainConfig, images: Dataset, sampler: GlobalBatchSampler,
@@ -403,10 +405,16 @@ def train_step(state: MSNState, cfg: PretrainConfig, criterion: MSNLoss, sched: 
 
 
 def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = None, device: str | None = None,
-             progress: bool = True, dataset: Dataset | None = None) -> Path:
+             progress: bool = True, dataset: Dataset | None = None, continue_with: str | None = None,
+             at_max_steps: str | None = None) -> Path:
     """Pretrain with MSN; returns the run folder (config.json, log.csv, checkpoints/).
 
     ``dataset`` (optional) yields (PIL image, anything) pairs and replaces ``cfg.dataset`` / ``cfg.data``.
+
+    For a command that runs the pretraining as a part of its job (``vitmsn quickstart``): ``continue_with`` is
+    the command line that continues the run, which the line of a stop by a signal gives (default ``vitmsn
+    pretrain --resume --out OUT``); ``at_max_steps`` what the log line of a stop at ``max_steps`` says after
+    the step counts (default: continue with ``vitmsn pretrain --resume --out OUT --set max_steps=0``).
     """
     dev = dist.init_from_env(device)
     out = Path(cfg.out)
@@ -447,7 +455,10 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
 
     bar = tqdm(total=total_steps, initial=state.step, disable=not (progress and main), desc="pretrain",
                unit="step", dynamic_ncols=True)
-    t0, seen, skipped_here = time.perf_counter(), 0, 0  # skipped_here: this process's images that were unreadable
+    # skipped_here: this process's images trained on whose file was unreadable (replaced by the next readable
+    # one); warned: the reasons it warned about, once each (the loader's workers load batches ahead: a stop at
+    # max_steps may leave some unused, and their bad files unmentioned)
+    t0, seen, skipped_here, warned = time.perf_counter(), 0, 0, set()
     saved_step = state.step if resume else -1  # the step latest.pt holds
     # SIGINT / SIGTERM: finish the step, save latest.pt as a mid-epoch checkpoint, raise TrainingInterrupted
     with StopRequests(announce=main) as stop:
@@ -455,7 +466,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
             while state.step < total_steps:
                 epoch, start_batch = divmod(state.step, steps_per_epoch)
                 loader.set_epoch(epoch, start_batch)
-                for views, skips in stop.batches(loader, survive_dead_workers=W == 1):
+                for views, replaced in stop.batches(loader, survive_dead_workers=W == 1):
                     step = state.step
                     views = [v.to(dev, non_blocking=True) for v in views]  # [target, rand_1..R, focal_1..F], (b, ...)
                     keep_idx = mask_for_step(cfg, step, cfg.rand_views * b * W, num_patches, dev)  # (R*b, K)
@@ -469,7 +480,11 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
 
                     # -- logs, progress, checkpoints; the metrics are read from the device on logging steps only
                     seen += b * W
-                    skipped_here += int(skips.sum())  # a CPU tensor
+                    skipped_here += len(replaced)
+                    for reason in replaced:
+                        if reason not in warned:
+                            warned.add(reason)
+                            logger.warning("skipping bad image (using the next one instead): %s", reason)
                     bar.update(1)
                     if state.step % cfg.log_every == 0 or state.step == total_steps:
                         rate = seen / max(time.perf_counter() - t0, 1e-9)
@@ -496,26 +511,30 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
                         break
                 signum = dist.max_over_processes(stop.signum or 0, dev) if state.step < total_steps else 0
                 if signum:
-                    _stop(state, cfg, ckpt_dir, out, signum, saved_step, bar)
+                    _stop(state, cfg, ckpt_dir, signum, saved_step, bar,
+                          continue_with or f"vitmsn pretrain --resume --out {out}")
         finally:
             bar.close()
             log.close()
     skipped = _sum_over_processes(skipped_here, dev)
+    num_warned = _sum_over_processes(len(warned), dev)
     dist.barrier()
     if main:
         if skipped:
-            logger.warning("%d images drawn were unreadable and replaced by the next readable one (see the "
-                           "warnings above for their paths)", skipped)
+            logger.warning("%d images drawn since the run started (or was resumed) were unreadable and replaced by "
+                           "the next readable one: draws of the files named in the %d 'skipping bad image' "
+                           "warning(s) above, each drawn once an epoch", skipped, num_warned)
         if state.step < run_steps:
-            logger.info("pretraining stopped at step %d of %d (max_steps=%d); continue with: vitmsn pretrain "
-                        "--resume --out %s --set max_steps=0", state.step, run_steps, cfg.max_steps, out)
+            logger.info("pretraining stopped at step %d of %d (max_steps=%d); %s", state.step, run_steps,
+                        cfg.max_steps, at_max_steps or f"continue with: vitmsn pretrain --resume --out {out} "
+                                                       "--set max_steps=0")
         else:
             logger.info("pretraining finished after %d steps; run folder %s", state.step, out)
     return out
 
 
-def _stop(state: MSNState, cfg: PretrainConfig, ckpt_dir: Path, out: Path, signum: int, saved_step: int,
-          bar: Any) -> None:
+def _stop(state: MSNState, cfg: PretrainConfig, ckpt_dir: Path, signum: int, saved_step: int, bar: Any,
+          continue_with: str) -> None:
     """Stopped by a signal between two steps: write latest.pt as a mid-epoch checkpoint is written (rank 0),
     then raise :class:`TrainingInterrupted` on every process with the line to print."""
     if state.step != saved_step:
@@ -523,7 +542,7 @@ def _stop(state: MSNState, cfg: PretrainConfig, ckpt_dir: Path, out: Path, signu
     dist.barrier()  # the checkpoint is complete before any process exits
     bar.close()
     raise TrainingInterrupted(f"stopped at step {state.step}; saved {ckpt_dir / LATEST}; continue with: "
-                              f"vitmsn pretrain --resume --out {out}", signum)
+                              f"{continue_with}", signum)
 
 
 def _sum_over_processes(n: int, device: torch.device) -> int:
