@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -522,6 +523,24 @@ def test_step_masks_depend_on_seed_and_step_only(tmp_path):
     a = mask_for_step(cfg, 3, 8, 16, torch.device("cpu"))
     assert a.shape == (8, 12) and torch.equal(a, mask_for_step(cfg, 3, 8, 16, "cpu"))
     assert not torch.equal(a, mask_for_step(cfg, 4, 8, 16, "cpu"))
+
+
+def test_step_masks_of_processes_are_the_single_process_rows(tmp_path, monkeypatch):
+    """With a mask per sample and two random views, process p of W gets, for each view, the rows of its own
+    images in the one-process mask of the global batch (laid out view by view): W processes = 1 process."""
+    import vitmsn.distributed as dist
+    from vitmsn.msn.train import mask_for_step
+
+    cfg = dataclasses.replace(tiny_config(tmp_path), rand_views=2, mask_per_sample=True)
+    R, W, b = 2, 2, 3
+    whole = mask_for_step(cfg, 5, R * W * b, 16, "cpu")  # (R*W*b, K): one process, the global batch
+    assert len({tuple(r) for r in whole.tolist()}) > 1  # masks per sample: the rows differ
+    monkeypatch.setattr(dist, "world_size", lambda: W)
+    for p in range(W):
+        monkeypatch.setattr(dist, "rank", lambda p=p: p)
+        mine = mask_for_step(cfg, 5, R * W * b, 16, "cpu")  # (R*b, K), view-major
+        want = torch.cat([whole[r * W * b + p * b: r * W * b + (p + 1) * b] for r in range(R)])
+        assert torch.equal(mine, want), p
 
 
 def test_cli_image_folder_with_the_fashion_mnist_preset(tmp_path, capsys, monkeypatch):

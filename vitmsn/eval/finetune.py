@@ -332,19 +332,22 @@ def evaluate(
     labels); the model's train/eval mode is restored afterwards."""
     was_training = model.training
     model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
+    # [loss sum, correct], read once at the end (float64 where the device has it: Apple's GPUs do not)
+    sums = torch.zeros(2, dtype=torch.float32 if torch.device(device).type == "mps" else torch.float64, device=device)
+    count = 0
     try:
         for pixels, labels in tqdm(loader, desc="evaluate", disable=not progress, leave=False, unit="batch"):
-            pixels, labels = pixels.to(device, non_blocking=True), labels.to(device)
+            pixels, labels = pixels.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with bf16_autocast(device, bf16):
                 logits = model(pixel_values=pixels).logits  # (B, num_labels)
-            loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-            correct += int((logits.argmax(-1) == labels).sum())
+            sums[0] += F.cross_entropy(logits.float(), labels, reduction="sum")
+            sums[1] += (logits.argmax(-1) == labels).sum()
             count += len(labels)
     finally:
         model.train(was_training)
     if count == 0:
         raise ValueError("no validation images")
+    loss_sum, correct = sums.tolist()
     return {"loss": loss_sum / count, "accuracy": 100.0 * correct / count, "images": count}
 
 
@@ -647,24 +650,25 @@ def finetune(
                     with amp:
                         logits = net(pixel_values=pixels).logits  # (b, num_labels)
                     loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-                    loss_value = loss.item()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    norm = torch.nn.utils.clip_grad_norm_(net.parameters(), clip_grad) if clip_grad else None
+                    # the step's numbers, read from the device at once (on a GPU: one wait per step, with the
+                    # backward already queued); a non-finite loss stops the run before the weights change
+                    correct = (logits.detach().argmax(-1) == labels).sum()
+                    loss_value, grad_norm, num_correct = torch.stack([
+                        loss.detach(), norm.float() if norm is not None else loss.new_tensor(float("nan")),
+                        correct.float()]).tolist()  # fmt: skip
                     if not math.isfinite(loss_value):
                         raise NonFiniteLossError(f"the loss became {loss_value} at step {step}; " + non_finite_advice(
                             out / "checkpoints" / LATEST, "a lower learning rate (--resume --lr ...)",
                             "a lower learning rate (the same command with --lr ..., without --resume)"))
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    grad_norm = (
-                        float(torch.nn.utils.clip_grad_norm_(net.parameters(), clip_grad))
-                        if clip_grad
-                        else float("nan")
-                    )
                     optimizer.step()
                     step += 1
 
                     # -- running metrics, logs, progress
                     running[0] += loss_value * len(labels)
-                    running[1] += int((logits.detach().argmax(-1) == labels).sum())
+                    running[1] += int(num_correct)
                     running[2] += len(labels)
                     seen += len(labels)
                     train_loss, train_acc = running[0] / running[2], 100.0 * running[1] / running[2]

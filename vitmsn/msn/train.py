@@ -296,11 +296,13 @@ def schedules(cfg: PretrainConfig, steps_per_epoch: int) -> dict[str, Schedule]:
 
 def mask_for_step(cfg: PretrainConfig, step: int, global_batch: int, num_patches: int,
                   device: torch.device) -> torch.Tensor:
-    """This process's rows of the step's keep indices: a function of (seed, step) alone."""
+    """This process's rows of the step's keep indices: a function of (seed, step) alone, ``global_batch`` rows
+    laid out view by view (R random views of the W processes' b images each): W processes = 1 process."""
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     keep = random_keep_indices(global_batch, num_patches, cfg.patch_drop, per_sample=cfg.mask_per_sample, generator=g)
-    b = global_batch // dist.world_size()
-    return dist.to_device(keep[dist.rank() * b: (dist.rank() + 1) * b], device)
+    R, W = cfg.rand_views, dist.world_size()
+    mine = keep.view(R, W, global_batch // (R * W), -1)[:, dist.rank()]  # (R, b, K)
+    return dist.to_device(mine.reshape(-1, keep.shape[-1]), device)  # (R*b, K), view-major as the anchors
 
 
 # ------------------------------------------------------------------------------------------- the loop
@@ -387,10 +389,11 @@ def train_step(state: MSNState, cfg: PretrainConfig, criterion: MSNLoss, sched: 
     out = criterion(anchor_z.float(), target_z.float(), state.prototypes.weight)
     # the terms of the global batch (each process computed those of its share): every process sees the same
     terms = dist.all_reduce_mean_(torch.stack([out.loss, out.ce, out.entropy]).detach())  # (3,)
-    if not bool(torch.isfinite(terms).all()):
-        raise NonFiniteLossError(f"the loss became {terms[0].item()} at step {step}")
     state.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
+    # checked once the backward is queued (on a GPU the check waits for the device): nothing is updated yet
+    if not bool(torch.isfinite(terms).all()):
+        raise NonFiniteLossError(f"the loss became {terms[0].item()} at step {step}")
     if state.prototypes.weight.grad is not None:
         dist.all_reduce_sum_(state.prototypes.weight.grad)
     grad_norm = torch.nn.utils.clip_grad_norm_(state.online.parameters(), cfg.clip_grad) \
@@ -546,7 +549,7 @@ def _stop(state: MSNState, cfg: PretrainConfig, ckpt_dir: Path, signum: int, sav
 
 
 def _sum_over_processes(n: int, device: torch.device) -> int:
-    return int(dist.all_reduce_sum_(torch.tensor(n, dtype=torch.int64, device=device)))
+    return int(dist.all_reduce_sum_(torch.full((), n, dtype=torch.int64, device=device)))
 
 
 def _save(state: MSNState, cfg: PretrainConfig, ckpt_dir: Path, *, numbered: bool, epoch: int) -> None:
