@@ -12,7 +12,8 @@ Interleaved A/B pairs (median ms per call), each the choice vitmsn made and what
   (the weight gradient), for the preset's 28 px images with 7 x 7 patches (batch 128) and ViT-S/16's 224 px
   (batch 8) and 96 px (batch 80) views;
 - ``attention``: SDPA against the explicit ``softmax(q k^T) v``, forward + backward, on the preset's
-  sequences (random anchors: 9 tokens, focal anchors: 5);
+  sequences (random anchors: 9 tokens, focal anchors: 5, target: 17) and ViT-S/16's (focal views: 37, random
+  views at 224 px: 167), with a dense upstream gradient (see bench/notes.md on why not a sum's);
 - ``last block``: the encoder's last block, forward + backward, computed for the CLS token alone (the only
   output of it MSN reads) against every token, on the preset's random and focal anchors and on a ViT-S/16
   random anchor at 224 px (batch 8, 167 tokens kept);
@@ -89,9 +90,11 @@ def _pairs(quick: bool) -> dict[str, dict[str, Any]]:
         embed = layers.PatchEmbed(C, D, (p, p))
         x = torch.randn(B, C, H, W)
 
-        def fwd_bwd(fn, embed=embed, x=x):
+        grad = torch.randn(B, (H // p) * (W // p), D)  # a dense upstream gradient, as a loss gives
+
+        def fwd_bwd(fn, embed=embed, x=x, grad=grad):
             def run():
-                fn(embed, x).sum().backward()
+                fn(embed, x).backward(grad)
 
             return run
 
@@ -104,12 +107,18 @@ def _pairs(quick: bool) -> dict[str, dict[str, Any]]:
         return ((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(-1) @ v
 
     heads, hd = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
-    for name, n, tokens in (("random", cfg.batch_size, 9), ("focal", 2 * cfg.batch_size, 5)):
-        qkv = [torch.randn(n, heads, tokens, hd, requires_grad=True) for _ in range(3)]
+    sequences = [("random", cfg.batch_size, 9, heads, hd), ("focal", 2 * cfg.batch_size, 5, heads, hd),
+                 ("target", cfg.batch_size, 17, heads, hd)]
+    if not quick:  # ViT-S/16 (6 heads of 64): a focal view (36 patches + CLS), a 224 px random view
+        sequences += [("ViT-S focal", 80, 37, 6, 64), ("ViT-S random", 8, 167, 6, 64)]
+    for name, n, tokens, h, d in sequences:
+        qkv = [torch.randn(n, h, tokens, d, requires_grad=True) for _ in range(3)]
+        grad = torch.randn(n, h, tokens, d)  # dense, as a loss gives (a sum's gradient, one expanded scalar,
+        # is a stride-0 tensor that the explicit path's backward matmuls run far slower on)
 
-        def attn(fn, qkv=qkv):
+        def attn(fn, qkv=qkv, grad=grad):
             def run():
-                fn(*qkv).sum().backward()
+                fn(*qkv).backward(grad)
 
             return run
 
@@ -124,10 +133,12 @@ def _pairs(quick: bool) -> dict[str, dict[str, Any]]:
     for name, block, n, tokens in blocks:
         x = torch.randn(n, tokens, block.norm1.normalized_shape[0], requires_grad=True)
 
-        def last(cls_only: bool, block=block, x=x):
+        grad = torch.randn(n, x.shape[-1])  # for the CLS output, dense as a loss gives
+
+        def last(cls_only: bool, block=block, x=x, grad=grad):
             def run():
                 y = block(x, cls_only=cls_only)[0]  # (n, 1 or tokens, D)
-                y[:, 0].sum().backward()
+                y[:, 0].backward(grad)
 
             return run
 
