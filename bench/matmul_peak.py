@@ -1,4 +1,9 @@
-"""The machine's measured fp32 matmul peak: large square sgemm, torch threads = cores, best of several.
+"""The machine's measured fp32 matmul peak: large square matmuls, torch threads = cores, best of several.
+
+Two fp32 matmuls are timed, and the peak is the faster: ``torch.mm`` (the BLAS sgemm torch was built with,
+MKL on x86, what ``F.linear`` calls) and oneDNN's matmul with a pre-packed weight (the op of vitmsn's CPU
+inference path). Which is faster depends on the CPU (on an AMD EPYC, oneDNN's; MKL's sgemm is not the
+fastest kernel there), so a share of the peak is a share of the fastest fp32 matmul this torch has here.
 
 Importable: ``measure_peak()`` returns GFLOP/s, which other benchmarks use as the roofline for their models.
 GPU variant (CUDA only): fp32 (TF32 off) and bf16 square matmuls.
@@ -44,25 +49,51 @@ def time_matmul(n: int, repeats: int, *, device: str = "cpu", dtype=None) -> lis
     return times
 
 
+def time_onednn_matmul(n: int, repeats: int) -> list[float] | None:
+    """Seconds of oneDNN's matmul (``mkldnn._linear_pointwise``, weight packed once) for n x n matrices, as
+    :func:`time_matmul`; None in a torch build without oneDNN."""
+    import torch
+
+    try:
+        linear = torch.ops.mkldnn._linear_pointwise.default
+        pack = torch.ops.mkldnn._reorder_linear_weight.default
+    except (AttributeError, RuntimeError):
+        return None
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g)
+    w = pack(torch.randn(n, n, generator=g), n)  # (out, in), oneDNN's blocked layout
+    for _ in range(2):
+        linear(a, w, None, "none", [], "")
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        linear(a, w, None, "none", [], "")
+        times.append(time.perf_counter() - t)
+    return times
+
+
 def measure_peak(
     sizes: tuple[int, ...] = SIZES, repeats: int = 5, threads: int | None = None, per_size: dict | None = None
 ) -> float:
-    """Best fp32 GFLOP/s over ``sizes`` (2 n^3 flops each) on the CPU; fills ``per_size`` if given."""
+    """Best fp32 GFLOP/s over ``sizes`` (2 n^3 flops each) and both matmuls (``torch.mm``, oneDNN) on the
+    CPU; fills ``per_size`` (size -> matmul -> numbers) if given."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     best = 0.0
     for n in sizes:
-        times = time_matmul(n, repeats)
-        gflops = 2 * n**3 / min(times) / 1e9
-        if per_size is not None:
-            per_size[str(n)] = {
-                "best_gflops": gflops,
-                "median_gflops": 2 * n**3 / sorted(times)[len(times) // 2] / 1e9,
-                "times_s": times,
-            }
-        best = max(best, gflops)
+        for kind, times in (("torch.mm", time_matmul(n, repeats)), ("oneDNN", time_onednn_matmul(n, repeats))):
+            if times is None:
+                continue
+            gflops = 2 * n**3 / min(times) / 1e9
+            if per_size is not None:
+                per_size.setdefault(str(n), {})[kind] = {
+                    "best_gflops": gflops,
+                    "median_gflops": 2 * n**3 / sorted(times)[len(times) // 2] / 1e9,
+                    "times_s": times,
+                }
+            best = max(best, gflops)
     return best
 
 
@@ -76,9 +107,10 @@ def main(argv: list[str] | None = None) -> dict:
     repeats = args.repeats or (2 if args.quick else 7)
     per_size: dict = {}
     peak = measure_peak(sizes, repeats, per_size=per_size)
-    print(f"fp32 sgemm peak on {machine['cpu']} with {threads} threads: {peak:.1f} GFLOP/s")
-    for n, r in per_size.items():
-        print(f"  n={n}: best {r['best_gflops']:.1f}  median {r['median_gflops']:.1f} GFLOP/s")
+    print(f"fp32 matmul peak on {machine['cpu']} with {threads} threads: {peak:.1f} GFLOP/s")
+    for n, kinds in per_size.items():
+        for kind, r in kinds.items():
+            print(f"  n={n} {kind:9s}: best {r['best_gflops']:.1f}  median {r['median_gflops']:.1f} GFLOP/s")
     results: dict = {"cpu": {"peak_gflops": peak, "threads": threads, "sizes": per_size}}
 
     use_gpu, why = cuda_available(args)
