@@ -156,6 +156,58 @@ def test_ddp_two_processes_equal_one(tmp_path, kw):
     assert (one["online"]["encoder.blocks.0.attn.qkv.weight"] != one["target"]["encoder.blocks.0.attn.qkv.weight"]).any()
 
 
+def _save_first_gradients(path: str) -> None:
+    """From now on in this process, the first gradient clipping of the pretraining step first saves the online
+    network's gradients (the whole step's: after backward and DDP's all-reduce, before AdamW) to ``path``."""
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def save_then_clip(params, *args, **kwargs):
+        params = list(params)
+        if not os.path.exists(path):
+            torch.save([p.grad.clone() for p in params], path)
+        return clip(params, *args, **kwargs)
+
+    torch.nn.utils.clip_grad_norm_ = save_then_clip
+
+
+def _ddp_gradient_worker(rank: int, world: int, port: int, out: str, kw: dict) -> None:
+    _save_first_gradients(str(Path(out) / f"grads{rank}.pt"))
+    _ddp_worker(rank, world, port, str(Path(out) / "run"), kw)
+
+
+@pytest.mark.parametrize("kw", [{"use_sinkhorn": True, "view_maker": "workers"},
+                                {"mask_per_sample": True, "rand_views": 2, "view_maker": "workers"}])
+def test_ddp_first_step_gradients_equal_one_process(tmp_path, kw, monkeypatch):
+    """The first step's gradients of 2 processes (each rank's, after the all-reduce) = those of 1 process with
+    the whole batch, to rounding relative to each tensor's scale. Unlike the weights after several AdamW
+    steps, this does not depend on which near-zero gradient elements rounding flips in sign (AdamW moves
+    each by about the learning rate whatever its size), so it holds for any attention kernel."""
+    from vitmsn.msn.train import pretrain
+
+    kw = {**kw, "max_steps": 1}
+    torch.set_num_threads(1)
+    with monkeypatch.context() as m:
+        m.setattr(torch.nn.utils, "clip_grad_norm_", torch.nn.utils.clip_grad_norm_)  # restored afterwards
+        _save_first_gradients(str(tmp_path / "one.pt"))
+        pretrain(tiny_config(tmp_path / "one", **kw), device="cpu", progress=False, dataset=Shapes())
+    (tmp_path / "two").mkdir()
+    mp.start_processes(_ddp_gradient_worker, args=(2, _free_port(), str(tmp_path / "two"), kw), nprocs=2,
+                       start_method="spawn")
+    from vitmsn.msn.train import build_state
+
+    names = [n for n, _ in build_state(tiny_config(tmp_path / "names", **kw), torch.device("cpu")).online.named_parameters()]
+    one = torch.load(tmp_path / "one.pt")
+    ranks = [torch.load(tmp_path / "two" / f"grads{r}.pt") for r in range(2)]
+    assert len(names) == len(one) == len(ranks[0]) == len(ranks[1]) > 10
+    for name, g, g0, g1 in zip(names, one, *ranks, strict=True):
+        assert torch.equal(g0, g1), name  # DDP: every rank holds the same gradient
+        if name in ZERO_GRADIENT:  # zero up to rounding noise: no scale to compare against
+            continue
+        # seen: up to 5.5e-5 of the tensor's largest element (sums in another order, through the loss's
+        # temperatures); a wrong share of the batch, mask or statistics moves whole elements
+        assert (g0 - g).abs().max().item() <= 2e-4 * g.abs().max().item(), name
+
+
 # ------------------------------------------------------------------------------------------------- resume
 
 
