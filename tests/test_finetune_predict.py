@@ -205,6 +205,35 @@ def test_training_pixels_take_the_processors_center_crop(model_dir, data_dir, tm
     assert json.loads((out / "metrics.json").read_text())["step"] == 1
 
 
+@pytest.mark.parametrize("backend", ["torch", "pil"])
+@pytest.mark.parametrize("size,crop,shape", [(27, 24, (20, 27)), ({"shortest_edge": 27}, 24, (27, 40)),
+                                             (20, 25, (30, 30)), (23, {"height": 26, "width": 20}, (17, 29))])
+def test_no_augment_pixels_are_the_processors_own(backend, size, crop, shape):
+    """--no-augment's training pixels are the processor's, where the crop's offset (H - h) // 2 is not
+    torchvision's rounding (resize 27, crop 24: 3 pixels to share), and where a larger crop pads with zeros
+    (the odd pixel before the image for the PIL backend, after it for the torch one)."""
+    processor = ViTImageProcessor(size=size, do_center_crop=True, crop_size=crop, backend=backend)
+    rgb = Image.fromarray(np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8))
+    want = processor(rgb, return_tensors="pt")["pixel_values"][0]
+    # the torch backend's resize may differ from torchvision's PIL resize by a uint8 level on a few pixels
+    torch.testing.assert_close(train_transform(processor, 32, augment=False)(rgb), want,
+                               atol=1e-5 if backend == "pil" else 2 / 255 / 0.5 + 1e-5, rtol=0)
+
+
+def test_processor_without_a_fixed_size_is_one_error_and_sizedict_crops_are_read():
+    """A processor that resizes the shortest edge without a center crop makes images of no fixed size:
+    training refuses it at once (not a stacking error at the first batch); transformers 5's processors keep
+    crop_size as a SizeDict, which train_transform reads."""
+    with pytest.raises(ValueError, match="no fixed size"):
+        train_transform(ViTImageProcessor(size={"shortest_edge": 32}), 32, augment=False)
+    with pytest.raises(ValueError, match="no fixed size"):
+        train_transform(ViTImageProcessor(size=32, do_resize=False), 32)
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.ViTImageProcessor(size=40, do_center_crop=True, crop_size=32)
+    rgb = Image.fromarray(np.random.default_rng(2).integers(0, 256, (30, 50, 3), dtype=np.uint8))
+    assert train_transform(theirs, 32, augment=False)(rgb).shape == (3, 32, 32)
+
+
 def test_stratified_split_and_folders(data_dir, tmp_path):
     split = load_labelled_data(data_dir, val_fraction=0.25, seed=0)
     assert split.classes == ["blue", "green", "red"] and len(split.train) == 27 and len(split.val) == 9

@@ -55,6 +55,16 @@ def tiny_config(out: Path, **kw) -> PretrainConfig:
 # ---------------------------------------------------------------------------------------------------- DDP
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread in this process, as in each DDP worker (the same kernels on both sides of a
+    comparison); the thread count is restored for the tests after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -121,12 +131,11 @@ ZERO_GRADIENT = {"encoder.norm.bias", "head.fc.fc1.bias", "head.fc.fc2.bias", "h
 @pytest.mark.parametrize("kw", [{"use_sinkhorn": True, "view_maker": "workers"},
                                 {"use_sinkhorn": False, "mask_per_sample": True, "view_maker": "workers"},
                                 {"use_sinkhorn": True, "view_maker": "batched"}])
-def test_ddp_two_processes_equal_one(tmp_path, kw):
+def test_ddp_two_processes_equal_one(tmp_path, kw, one_thread):
     """2 gloo processes with half the batch each = 1 process with the whole batch: loss and weights."""
     from vitmsn.msn.train import pretrain
 
     kw = {**kw, "max_steps": 3}
-    torch.set_num_threads(1)
     pretrain(tiny_config(tmp_path / "one", **kw), device="cpu", progress=False, dataset=Shapes())
     mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path / "two"), kw), nprocs=2,
                        start_method="spawn")
@@ -177,7 +186,7 @@ def _ddp_gradient_worker(rank: int, world: int, port: int, out: str, kw: dict) -
 
 @pytest.mark.parametrize("kw", [{"use_sinkhorn": True, "view_maker": "workers"},
                                 {"mask_per_sample": True, "rand_views": 2, "view_maker": "workers"}])
-def test_ddp_first_step_gradients_equal_one_process(tmp_path, kw, monkeypatch):
+def test_ddp_first_step_gradients_equal_one_process(tmp_path, kw, monkeypatch, one_thread):
     """The first step's gradients of 2 processes (each rank's, after the all-reduce) = those of 1 process with
     the whole batch, to rounding relative to each tensor's scale. Unlike the weights after several AdamW
     steps, this does not depend on which near-zero gradient elements rounding flips in sign (AdamW moves
@@ -185,7 +194,6 @@ def test_ddp_first_step_gradients_equal_one_process(tmp_path, kw, monkeypatch):
     from vitmsn.msn.train import pretrain
 
     kw = {**kw, "max_steps": 1}
-    torch.set_num_threads(1)
     with monkeypatch.context() as m:
         m.setattr(torch.nn.utils, "clip_grad_norm_", torch.nn.utils.clip_grad_norm_)  # restored afterwards
         _save_first_gradients(str(tmp_path / "one.pt"))

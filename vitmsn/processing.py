@@ -574,11 +574,11 @@ def _center_crop_np(chw: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _center_crop_torch(batch: torch.Tensor, crop: tuple[int, int]) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, *crop) as transformers' torchvision backend crops (zero padding where the crop is
-    larger, its extra odd pixel after the image)."""
+def _center_crop_torch(batch: torch.Tensor, crop: tuple[int, int], pad_ceil: bool = False) -> torch.Tensor:
+    """(..., H, W) -> (..., *crop) as transformers' torchvision backend crops (zero padding where the crop is
+    larger, its extra odd pixel after the image; ``pad_ceil``: before it, as the PIL backend pads)."""
     height, width = batch.shape[-2:]
-    plan = _crop_plan(height, width, crop, pad_ceil=False)
+    plan = _crop_plan(height, width, crop, pad_ceil=pad_ceil)
     if plan is None:
         top, left = (height - crop[0]) // 2, (width - crop[1]) // 2
         return batch[..., top:top + crop[0], left:left + crop[1]]

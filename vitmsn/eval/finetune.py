@@ -204,7 +204,12 @@ def train_transform(
     else:
         resize = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     crop = _center_crop_size(processor)
-    hw = crop or (resize if isinstance(resize, tuple) else (resize, resize))
+    if crop is None and not (processor.do_resize and isinstance(resize, tuple)):
+        raise ValueError(
+            f"the image processor (preprocessor_config.json) makes images of no fixed size (size {dict(size)}, "
+            f"do_resize {processor.do_resize}, no center crop), and training batches need one: give it a "
+            "{'height', 'width'} size, or do_center_crop with a crop_size")
+    hw = crop or resize
     from PIL.Image import Resampling
 
     interpolation = InterpolationMode(Resampling(processor.resample).name.lower())
@@ -213,7 +218,7 @@ def train_transform(
                             v2.RandomHorizontalFlip()]
     else:
         steps = [v2.Resize(resize, interpolation=interpolation, antialias=True)] if processor.do_resize else []
-        steps += [v2.CenterCrop(crop)] if crop else []  # zero padding where the crop is larger, as the processor
+        steps += [v2.ToImage(), _CenterCrop(crop, processor)] if crop else []
     steps += [v2.ToImage(), v2.RGB() if num_channels == 3 else v2.Grayscale(1), v2.ToDtype(torch.float32)]
     if processor.do_rescale:
         steps.append(_Rescale(processor.rescale_factor))
@@ -234,10 +239,26 @@ def _center_crop_size(processor: Any) -> tuple[int, int] | None:
     crop = getattr(processor, "crop_size", None)
     if isinstance(crop, int):
         return crop, crop
-    if not isinstance(crop, dict) or "height" not in crop or "width" not in crop:
+    # a dict, or transformers 5's SizeDict (attributes, not keys)
+    hw = [crop.get(k) if isinstance(crop, dict) else getattr(crop, k, None) for k in ("height", "width")]
+    if None in hw:
         raise ValueError(f"the image processor has do_center_crop but its crop_size {crop!r} is not a "
                          "{'height', 'width'} size")
-    return int(crop["height"]), int(crop["width"])
+    return int(hw[0]), int(hw[1])
+
+
+class _CenterCrop:
+    """(C, H, W) -> (C, *crop), cropped where the processor's backend crops: the offset ``(H - h) // 2`` (where
+    torchvision's CenterCrop rounds half to even, one pixel off when H - h is 3 mod 4), and zero padding with
+    the odd pixel before the image for the PIL backend, after it for the torch one."""
+
+    def __init__(self, crop: tuple[int, int], processor: Any):
+        self.crop, self.pad_ceil = crop, getattr(processor, "backend", "torch") == "pil"
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        from vitmsn.processing import _center_crop_torch
+
+        return _center_crop_torch(image, self.crop, pad_ceil=self.pad_ceil)
 
 
 class ProcessorTransform:
