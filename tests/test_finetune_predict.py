@@ -220,6 +220,20 @@ def test_no_augment_pixels_are_the_processors_own(backend, size, crop, shape):
                                atol=1e-5 if backend == "pil" else 2 / 255 / 0.5 + 1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("backend", ["torch", "pil"])
+def test_training_pixels_are_padded_as_the_processor_pads(backend):
+    """A processor with do_pad and a pad_size: the training images come out padded (zeros at the bottom and
+    right, after normalizing) to its size, with and without augmentation; without, they are its pixels."""
+    processor = ViTImageProcessor(size={"height": 24, "width": 20}, do_pad=True, pad_size=32, backend=backend)
+    rgb = Image.fromarray(np.random.default_rng(3).integers(0, 256, (30, 26, 3), dtype=np.uint8))
+    want = processor(rgb, return_tensors="pt")["pixel_values"][0]
+    assert want.shape == (3, 32, 32) and (want[:, 24:] == 0).all() and (want[:, :, 20:] == 0).all()
+    got = train_transform(processor, 32, augment=False)(rgb)
+    torch.testing.assert_close(got, want, atol=1e-5 if backend == "pil" else 2 / 255 / 0.5 + 1e-5, rtol=0)
+    augmented = train_transform(processor, 32, augment=True)(rgb)
+    assert augmented.shape == (3, 32, 32) and (augmented[:, 24:] == 0).all() and (augmented[:, :, 20:] == 0).all()
+
+
 def test_processor_without_a_fixed_size_is_one_error_and_sizedict_crops_are_read():
     """A processor that resizes the shortest edge without a center crop makes images of no fixed size:
     training refuses it at once (not a stacking error at the first batch); transformers 5's processors keep

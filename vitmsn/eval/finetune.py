@@ -192,7 +192,8 @@ def train_transform(
 
     The output size is the processor's final one, at which it predicts: its ``crop_size`` when it has
     ``do_center_crop``, else its ``{"height", "width"}`` size (else ``image_size``); the interpolation is its
-    ``resample`` filter; then the processor's rescale factor and mean/std. ``augment``: RandomResizedCrop to
+    ``resample`` filter; then the processor's rescale factor and mean/std, and its zero padding to
+    ``pad_size`` when it has ``do_pad`` with one. ``augment``: RandomResizedCrop to
     that size (``crop_scale``) + horizontal flip; otherwise the processor's resize (and center crop), which
     gives its numbers.
     """
@@ -229,7 +230,25 @@ def train_transform(
                 _channel_stats(processor.image_std, num_channels),
             )
         )
+    pad_size = getattr(processor, "pad_size", None) if getattr(processor, "do_pad", False) else None
+    if pad_size is not None:  # last, as the processor pads: zeros at the bottom and right
+        steps.append(_PadTo((int(pad_size["height"]), int(pad_size["width"]))))
     return v2.Compose(steps)
+
+
+class _PadTo:
+    """(C, h, w) -> (C, *size) with zeros at the bottom and right, as the processor's ``do_pad`` pads."""
+
+    def __init__(self, size: tuple[int, int]):
+        self.size = size
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        from vitmsn.processing import _pad_torch
+
+        if image.shape[-2] > self.size[0] or image.shape[-1] > self.size[1]:
+            raise ValueError(f"the image processor's pad_size {self.size} is smaller than its images "
+                             f"({tuple(image.shape[-2:])})")
+        return _pad_torch(image, self.size)
 
 
 def _center_crop_size(processor: Any) -> tuple[int, int] | None:
