@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from vitmsn.checkpoints import CheckpointError
 from vitmsn.distributed import bf16_autocast, resolve_device
 from vitmsn.msn.schedules import Schedule, default_no_decay, param_groups
+from vitmsn.processing import _center_crop_torch, _pad_target, _pad_torch
 from vitmsn.training import (
     FINETUNE_KEYS,
     GlobalBatchSampler,
@@ -232,23 +233,23 @@ def train_transform(
         )
     pad_size = getattr(processor, "pad_size", None) if getattr(processor, "do_pad", False) else None
     if pad_size is not None:  # last, as the processor pads: zeros at the bottom and right
-        steps.append(_PadTo((int(pad_size["height"]), int(pad_size["width"]))))
+        hw = _height_width(pad_size)
+        if hw is None:
+            raise ValueError(f"the image processor has do_pad but its pad_size {pad_size!r} is not a "
+                             "{'height', 'width'} size")
+        steps.append(_PadTo({"height": hw[0], "width": hw[1]}))
     return v2.Compose(steps)
 
 
 class _PadTo:
-    """(C, h, w) -> (C, *size) with zeros at the bottom and right, as the processor's ``do_pad`` pads."""
+    """(C, h, w) -> (C, *pad_size) with zeros at the bottom and right, as the processor's ``do_pad`` pads (and
+    with its errors: a pad_size smaller than the image, or not a {"height", "width"} size)."""
 
-    def __init__(self, size: tuple[int, int]):
-        self.size = size
+    def __init__(self, pad_size: Any):
+        self.pad_size = pad_size
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        from vitmsn.processing import _pad_torch
-
-        if image.shape[-2] > self.size[0] or image.shape[-1] > self.size[1]:
-            raise ValueError(f"the image processor's pad_size {self.size} is smaller than its images "
-                             f"({tuple(image.shape[-2:])})")
-        return _pad_torch(image, self.size)
+        return _pad_torch(image, _pad_target(self.pad_size, [tuple(image.shape[-2:])]))
 
 
 def _center_crop_size(processor: Any) -> tuple[int, int] | None:
@@ -256,14 +257,20 @@ def _center_crop_size(processor: Any) -> tuple[int, int] | None:
     if not getattr(processor, "do_center_crop", False):
         return None
     crop = getattr(processor, "crop_size", None)
-    if isinstance(crop, int):
-        return crop, crop
-    # a dict, or transformers 5's SizeDict (attributes, not keys)
-    hw = [crop.get(k) if isinstance(crop, dict) else getattr(crop, k, None) for k in ("height", "width")]
-    if None in hw:
+    hw = _height_width(crop)
+    if hw is None:
         raise ValueError(f"the image processor has do_center_crop but its crop_size {crop!r} is not a "
                          "{'height', 'width'} size")
-    return int(hw[0]), int(hw[1])
+    return hw
+
+
+def _height_width(size: Any) -> tuple[int, int] | None:
+    """(height, width) of a processor's size setting: an int (a square), a dict or transformers 5's SizeDict
+    (attributes, not keys) with height and width; None for anything else."""
+    if isinstance(size, int):
+        return size, size
+    hw = [size.get(k) if isinstance(size, dict) else getattr(size, k, None) for k in ("height", "width")]
+    return None if None in hw else (int(hw[0]), int(hw[1]))
 
 
 class _CenterCrop:
@@ -275,8 +282,6 @@ class _CenterCrop:
         self.crop, self.pad_ceil = crop, getattr(processor, "backend", "torch") == "pil"
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        from vitmsn.processing import _center_crop_torch
-
         return _center_crop_torch(image, self.crop, pad_ceil=self.pad_ceil)
 
 
@@ -697,7 +702,7 @@ def finetune(
                     # backward already queued); a non-finite loss stops the run before the weights change
                     correct = (logits.detach().argmax(-1) == labels).sum()
                     loss_value, grad_norm, num_correct = torch.stack([
-                        loss.detach(), norm.float() if norm is not None else loss.new_tensor(float("nan")),
+                        loss.detach(), norm.float() if norm is not None else loss.new_full((), float("nan")),
                         correct.float()]).tolist()  # fmt: skip
                     if not math.isfinite(loss_value):
                         raise NonFiniteLossError(f"the loss became {loss_value} at step {step}; " + non_finite_advice(
