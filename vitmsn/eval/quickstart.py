@@ -167,9 +167,8 @@ def _subset_keys(path: str, entries: list[str], dataset: Any) -> list[Any]:
 
     idx = np.asarray(subset_entries_to_indices(entries, dataset, path), dtype=np.int64)
     labels = _labels_of(dataset)
-    if labels is not None and len(np.unique(labels[idx])) < 2:
-        raise ValueError(f"subset file {path}: its {len(idx)} image(s) are all of one class; logistic regression "
-                         "needs labelled images of at least two classes")
+    if labels is not None:
+        lowshot.check_subset(f"file {path}", idx, labels)
     samples = getattr(dataset, "samples", None)
     return [samples[i][0] for i in idx] if samples is not None else idx.tolist()
 
@@ -187,9 +186,7 @@ def _indices_now(name: str, keys: list[Any], dataset: Any) -> np.ndarray:
     if len(idx) < len(keys):
         logger.warning("subset file %s: %d of its %d images are unreadable and left out", name,
                        len(keys) - len(idx), len(keys))
-    if len(np.unique(np.asarray(dataset.targets)[idx])) < 2:
-        raise ValueError(f"subset file {name}: its readable images are of fewer than two classes; logistic "
-                         "regression needs labelled images of at least two classes")
+    lowshot.check_subset(f"file {name}", np.asarray(idx, dtype=np.int64), dataset.targets)
     return np.asarray(idx, dtype=np.int64)
 
 
