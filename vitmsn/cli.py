@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(add)
-    _common_options(sub)
+    _common_options(p)
     return p
 
 
@@ -187,11 +187,10 @@ def _subparsers(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.Arg
     return found
 
 
-def _common_options(sub: argparse._SubParsersAction) -> None:
+def _common_options(parser: argparse.ArgumentParser) -> None:
     """What every subcommand shares, whichever module registered it: ``-v`` also after the subcommand's name,
     help for ``--no-progress``; ``--overwrite`` for the commands that write one file (refused when it exists)."""
-    for name, sp in [(n, s) for n, s in sub.choices.items()] + [x for s in sub.choices.values()
-                                                               for x in _subparsers(s)]:
+    for name, sp in _subparsers(parser):
         options = {o for a in sp._actions for o in a.option_strings}
         if "--verbose" not in options:  # SUPPRESS: not given here leaves the value given before the subcommand
             sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
