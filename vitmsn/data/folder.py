@@ -34,6 +34,7 @@ __all__ = [
     "drop_unreadable",
     "is_image_file",
     "load_image",
+    "held_out_splits",
     "percent_subset",
     "read_subset_entries",
     "read_subset_file",
@@ -92,6 +93,15 @@ class NoLoadableImageError(ImageLoadError):
 def is_image_file(path: str | os.PathLike[str]) -> bool:
     """True if the extension of ``path`` is one PIL can open (case-insensitive)."""
     return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
+
+
+def held_out_splits(root: str | os.PathLike[str]) -> list[str]:
+    """The held-out folders (``val``, ``test``, in that order) of an image folder laid out as ``train/`` beside
+    them, as ``vitmsn lowshot`` and ``vitmsn finetune`` read it; [] when it has no ``train/`` or neither."""
+    root = Path(root)
+    if not (root / "train").is_dir():
+        return []
+    return [n for n in ("val", "test") if (root / n).is_dir()]
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:

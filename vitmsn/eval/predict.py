@@ -217,11 +217,12 @@ def _default_folder_split(folder: Path) -> str | None:
     """``"train"`` for a folder laid out as ``vitmsn lowshot`` and ``vitmsn finetune`` read it (``train/`` beside
     ``val/`` or ``test/``, class sub-folders in each), with a log line; else None (the folder itself). Without
     this, the split names would become the class labels."""
-    if not folder.is_dir() or not (folder / "train").is_dir():
+    from vitmsn.data.folder import held_out_splits
+
+    held_out = held_out_splits(folder)
+    if not held_out:
         return None
-    other = next((n for n in ("val", "test") if (folder / n).is_dir()), None)
-    if other is None:
-        return None
+    other = held_out[0]
     logger.info("%s holds train/ and %s/ folders: extracting train/ (as finetune trains on it; pass --split %s "
                 "for the other)", folder, other, other)  # fmt: skip
     return "train"

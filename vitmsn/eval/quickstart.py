@@ -37,14 +37,15 @@ def labelled_splits(data: str, *, root: str | None = None) -> tuple[Any, Any, li
         from vitmsn.data.fashion_mnist import CLASSES, FashionMNIST
 
         return FashionMNIST("train", root=root), FashionMNIST("test", root=root), list(CLASSES)
-    from vitmsn.data.folder import ImageFolderDataset
+    from vitmsn.data.folder import ImageFolderDataset, held_out_splits
 
     base = Path(data)
     if not base.is_dir():
         raise FileNotFoundError(f"{data} is neither 'fashion-mnist' nor a directory")
-    test_dir = next((base / n for n in ("val", "test") if (base / n).is_dir()), None)
-    if not (base / "train").is_dir() or test_dir is None:
+    held_out = held_out_splits(base)
+    if not held_out:
         raise FileNotFoundError(f"{data} must hold train/ and val/ (or test/) folders, one subfolder per class")
+    test_dir = base / held_out[0]
     train = ImageFolderDataset(base / "train", labelled=True)
     test = ImageFolderDataset(test_dir, labelled=True)
     if train.classes != test.classes:

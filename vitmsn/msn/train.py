@@ -78,13 +78,13 @@ def build_dataset(cfg: PretrainConfig) -> Dataset:
                 "Fashion-MNIST's IDX files: for your own images add --set dataset=folder, or take a preset "
                 "made for them (e.g. --preset vit-small/16; see vitmsn pretrain --help)")
         return FashionMNIST("train", root=cfg.data)
-    from vitmsn.data.folder import ImageFolderDataset
+    from vitmsn.data.folder import ImageFolderDataset, held_out_splits
 
     if cfg.data is None:
         raise ValueError("an image folder is needed: pass --data DIR (or choose the fashion-mnist preset)")
     root = Path(cfg.data)
-    held_out = [n for n in ("val", "test") if (root / n).is_dir()]
-    if (root / "train").is_dir() and held_out:
+    held_out = held_out_splits(root)
+    if held_out:
         # the layout lowshot and finetune read: pretraining on the held-out images would leak them into the
         # evaluation of the encoder
         logger.warning("%s holds train/ and %s/: pretraining on train/ only, so that the held-out images stay "
