@@ -538,8 +538,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
 
 def _stop(state: MSNState, cfg: PretrainConfig, ckpt_dir: Path, signum: int, saved_step: int, bar: Any,
           continue_with: str) -> None:
-    """Stopped by a signal between two steps: write latest.pt as a mid-epoch checkpoint is written (rank 0),
-    then raise :class:`TrainingInterrupted` on every process with the line to print."""
+    """Stopped by a signal between two steps: write latest.pt as a mid-epoch checkpoint (rank 0, unless it
+    already holds this step), then raise :class:`TrainingInterrupted` on every process with the line to print."""
     if state.step != saved_step:
         _save(state, cfg, ckpt_dir, numbered=False, epoch=0)
     dist.barrier()  # the checkpoint is complete before any process exits
