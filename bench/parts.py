@@ -11,9 +11,12 @@ Interleaved A/B pairs (median ms per call), each the choice vitmsn made and what
 - ``patch``: the patch embedding as reshape + matmul against the strided convolution, forward + backward
   (the weight gradient), for the preset's 28 px images with 7 x 7 patches (batch 128) and ViT-S/16's 224 px
   (batch 8) and 96 px (batch 80) views;
-- ``attention``: SDPA against the explicit ``softmax(q k^T) v``, forward + backward, on the preset's
-  sequences (random anchors: 9 tokens, focal anchors: 5, target: 17) and ViT-S/16's (focal views: 37, random
-  views at 224 px: 167), with a dense upstream gradient (see bench/notes.md on why not a sum's);
+- ``attention``: the explicit ``softmax(q k^T) v`` against SDPA, forward + backward (with a dense upstream
+  gradient, see bench/notes.md on why not a sum's) for training and forward alone for inference, on the
+  preset's sequences (random anchors: 9 tokens, focal anchors: 5, target: 17), ViT-S/16's views (focal: 37,
+  random at 224 px: 167), a ViT-B/16 random view without dropped patches (197) and inference at 224 px with
+  ViT-S/16 (197) and ViT-B/32 (50); vitmsn runs the explicit product on the CPU up to
+  ``EXPLICIT_MAX_TOKENS(_TRAINING)`` tokens;
 - ``last block``: the encoder's last block, forward + backward, computed for the CLS token alone (the only
   output of it MSN reads) against every token, on the preset's random and focal anchors and on a ViT-S/16
   random anchor at 224 px (batch 8, 167 tokens kept);
@@ -106,24 +109,34 @@ def _pairs(quick: bool) -> dict[str, dict[str, Any]]:
     def explicit(q, k, v):
         return ((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(-1) @ v
 
+    # (name, images, tokens, heads, head dim, training): q, k and v as the model makes them, views of one
+    # (n, tokens, 3, heads, hd) projection; training is forward + backward into that projection
     heads, hd = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
-    sequences = [("random", cfg.batch_size, 9, heads, hd), ("focal", 2 * cfg.batch_size, 5, heads, hd),
-                 ("target", cfg.batch_size, 17, heads, hd)]
-    if not quick:  # ViT-S/16 (6 heads of 64): a focal view (36 patches + CLS), a 224 px random view
-        sequences += [("ViT-S focal", 80, 37, 6, 64), ("ViT-S random", 8, 167, 6, 64)]
-    for name, n, tokens, h, d in sequences:
-        qkv = [torch.randn(n, h, tokens, d, requires_grad=True) for _ in range(3)]
+    sequences = [("random", cfg.batch_size, 9, heads, hd, True), ("focal", 2 * cfg.batch_size, 5, heads, hd, True),
+                 ("target", cfg.batch_size, 17, heads, hd, False)]
+    if not quick:  # ViT-S/16 (6 heads of 64) and ViT-B/16 (12): MSN's views, and inference at 224 px
+        sequences += [("ViT-S focal", 80, 37, 6, 64, True), ("ViT-S random", 8, 167, 6, 64, True),
+                      ("ViT-B random", 8, 197, 12, 64, True), ("ViT-S inference", 8, 197, 6, 64, False),
+                      ("ViT-B/32 inference", 32, 50, 12, 64, False)]
+    for name, n, tokens, h, d, training in sequences:
+        qkv = torch.randn(n, tokens, 3, h, d, requires_grad=training)
         grad = torch.randn(n, h, tokens, d)  # dense, as a loss gives (a sum's gradient, one expanded scalar,
         # is a stride-0 tensor that the explicit path's backward matmuls run far slower on)
 
-        def attn(fn, qkv=qkv, grad=grad):
+        def attn(fn, qkv=qkv, grad=grad, training=training):
             def run():
-                fn(*qkv).backward(grad)
+                with torch.set_grad_enabled(training):
+                    out = fn(*qkv.permute(2, 0, 3, 1, 4).unbind(0))  # (n, h, tokens, d)
+                    if training:
+                        out.backward(grad)
 
             return run
 
-        pairs[f"attention {name} {n}x{tokens}"] = {"SDPA": attn(F.scaled_dot_product_attention),
-                                                     "explicit": attn(explicit)}
+        limit = layers.EXPLICIT_MAX_TOKENS_TRAINING if training else layers.EXPLICIT_MAX_TOKENS
+        cases = {"SDPA": attn(F.scaled_dot_product_attention), "explicit": attn(explicit)}
+        if tokens <= limit:  # what vitmsn runs first
+            cases = dict(reversed(cases.items()))
+        pairs[f"attention {name} {n}x{tokens}"] = cases
 
     # the last block, whose only output MSN reads is the CLS token's
     blocks = [(f"{name} {n}x{tokens}", state.online.encoder.blocks[-1], n, tokens)

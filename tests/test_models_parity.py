@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from copy import deepcopy
+from pathlib import Path
+
 import pytest
 import torch
 
 import vitmsn
-from tests.conftest import TINY, save_hf
+from tests.conftest import TINY, force_sdpa, save_hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -43,7 +46,7 @@ def main_output(cls_name: str, out):
     return out.last_hidden_state
 
 
-def test_default_forward(pair):
+def test_default_forward(pair, kernel):
     cls_name, ref, ours, _ = pair
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
@@ -105,6 +108,43 @@ def test_labels_loss(pair):
         close(ours(x, labels=labels).loss, ref(x, labels=labels).loss)
 
 
+def _gradient_file(model, directory) -> dict[str, torch.Tensor]:
+    """The model's gradients as its checkpoint file would hold its weights (transformers' names, q, k and v
+    apart): a copy whose weights are the gradients (zero where none), saved by the model's own library."""
+    from safetensors.torch import load_file
+
+    copy = deepcopy(model)
+    with torch.no_grad():
+        for p, c in zip(model.parameters(), copy.parameters(), strict=True):
+            c.copy_(p.grad if p.grad is not None else torch.zeros_like(p))
+    copy.save_pretrained(directory)
+    # transformers 5 saves ViTMSNForImageClassification's backbone without "vit." (4.x and vitmsn with it)
+    return {k.removeprefix("vit."): v for k, v in load_file(Path(directory) / "model.safetensors").items()}
+
+
+def test_gradients(pair, kernel, tmp_path):
+    """Training: the gradients of every weight and of the input equal transformers', with either kernel."""
+    cls_name, ref, ours, _ = pair
+    x = torch.randn(4, 3, 32, 32)
+    files, inputs = [], []
+    for name, model in (("ours", ours), ("ref", ref)):
+        model.train()  # dropout is 0 in these configurations: the same function as in eval
+        xi = x.clone().requires_grad_(True)
+        out = main_output(cls_name, model(xi))
+        model.zero_grad(set_to_none=True)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()  # a dense upstream gradient
+        files.append(_gradient_file(model, tmp_path / name))
+        inputs.append(xi.grad)
+        model.zero_grad(set_to_none=True)
+        model.eval()
+    close(inputs[0], inputs[1])
+    assert files[0].keys() == files[1].keys() and len(files[0]) > 10
+    assert any(g.abs().max() > 0 for g in files[1].values())
+    for k, g in files[1].items():
+        torch.testing.assert_close(files[0][k], g, atol=ATOL * max(1.0, g.abs().max().item()), rtol=0,
+                                   msg=lambda m, k=k: f"{k}: {m}")
+
+
 def test_mim_loss_with_mask(pair):
     cls_name, ref, ours, _ = pair
     if cls_name not in ("ViTForMaskedImageModeling", "ViTModel", "ViTMSNModel"):
@@ -125,8 +165,9 @@ def test_mim_loss_with_mask(pair):
             close(o(x, bool_masked_pos=mask).last_hidden_state, r(x, bool_masked_pos=mask).last_hidden_state)
 
 
-def test_sdpa_equals_eager(pair):
+def test_sdpa_equals_eager(pair, monkeypatch):
     cls_name, _, ours, path = pair
+    force_sdpa(monkeypatch)
     eager = getattr(vitmsn, cls_name).from_pretrained(path, attn_implementation="eager")
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

@@ -386,7 +386,8 @@ def train_step(state: MSNState, cfg: PretrainConfig, criterion: MSNLoss, sched: 
             target_z = target(targets_in)  # (b, d)
 
     # Step 2: MSN loss, backward, prototype gradients summed over processes, clip, step
-    out = criterion(anchor_z.float(), target_z.float(), state.prototypes.weight)
+    dtype = torch.promote_types(anchor_z.dtype, torch.float32)  # fp32 under bf16 autocast; fp64 stays
+    out = criterion(anchor_z.to(dtype), target_z.to(dtype), state.prototypes.weight)
     # the terms of the global batch (each process computed those of its share): every process sees the same
     terms = dist.all_reduce_mean_(torch.stack([out.loss, out.ce, out.entropy]).detach())  # (3,)
     state.optimizer.zero_grad(set_to_none=True)
