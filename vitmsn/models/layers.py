@@ -295,9 +295,9 @@ class Attention(nn.Module):
         Nq = q.shape[2]
         drop = self.attn_drop if self.training else 0.0
         weights = None
-        if need_weights or head_mask is not None or self.eager:
+        if need_weights or head_mask is not None or self.eager or _explicit_is_faster(k):
             scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, Nq, N)
-            weights = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+            weights = scores.softmax(dim=-1, dtype=torch.promote_types(q.dtype, torch.float32)).to(q.dtype)
             weights = F.dropout(weights, p=drop, training=self.training)
             if head_mask is not None:
                 weights = weights * head_mask  # (1 or B, H, 1, 1) broadcast over the Nq x N map
