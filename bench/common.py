@@ -58,11 +58,20 @@ def usable_cores() -> int:
 
 def setup_torch(threads: int | None) -> int:
     """Set torch's intra-op threads (default: one per usable core) and return the number set."""
+    n = threads or usable_cores()
+    set_threads(n)
+    return n
+
+
+def set_threads(n: int) -> None:
+    """``torch.set_num_threads(n)``, called only when torch does not already use ``n`` threads: after a call,
+    even one with torch's own count, SDPA's CPU kernel ran small attention maps several times slower in this
+    torch (rows ``attention`` of bench/parts.py before and after 2026-12-07's change; bench/notes.md), which
+    a benchmark must not inflict on the libraries it compares when a user's process would not."""
     import torch
 
-    n = threads or usable_cores()
-    torch.set_num_threads(n)
-    return n
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 def cpu_model() -> str:

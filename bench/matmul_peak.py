@@ -20,7 +20,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import cuda_available, machine_info, parser, setup_torch, write_result  # noqa: E402
+from bench.common import cuda_available, machine_info, parser, set_threads, setup_torch, write_result  # noqa: E402
 
 NAME = "matmul_peak"
 SIZES = (2048, 3072, 4096)
@@ -77,10 +77,9 @@ def measure_peak(
 ) -> float:
     """Best fp32 GFLOP/s over ``sizes`` (2 n^3 flops each) and both matmuls (``torch.mm``, oneDNN) on the
     CPU; fills ``per_size`` (size -> matmul -> numbers) if given."""
-    import torch
 
     if threads:
-        torch.set_num_threads(threads)
+        set_threads(threads)
     best = 0.0
     for n in sizes:
         for kind, times in (("torch.mm", time_matmul(n, repeats)), ("oneDNN", time_onednn_matmul(n, repeats))):

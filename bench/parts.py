@@ -11,12 +11,11 @@ Interleaved A/B pairs (median ms per call), each the choice vitmsn made and what
 - ``patch``: the patch embedding as reshape + matmul against the strided convolution, forward + backward
   (the weight gradient), for the preset's 28 px images with 7 x 7 patches (batch 128) and ViT-S/16's 224 px
   (batch 8) and 96 px (batch 80) views;
-- ``attention``: the explicit ``softmax(q k^T) v`` against SDPA, forward + backward (with a dense upstream
-  gradient, see bench/notes.md on why not a sum's) for training and forward alone for inference, on the
-  preset's sequences (random anchors: 9 tokens, focal anchors: 5, target: 17), ViT-S/16's views (focal: 37,
-  random at 224 px: 167), a ViT-B/16 random view without dropped patches (197) and inference at 224 px with
-  ViT-S/16 (197) and ViT-B/32 (50); vitmsn runs the explicit product on the CPU up to
-  ``EXPLICIT_MAX_TOKENS(_TRAINING)`` tokens;
+- ``attention``: SDPA against the explicit ``softmax(q k^T) v``, forward + backward (with a dense upstream
+  gradient, see bench/notes.md on why not a sum's) for training and forward alone for inference, with q, k
+  and v views of one projection as the model makes them, on the preset's sequences (random anchors: 9
+  tokens, focal anchors: 5, target: 17), ViT-S/16's views (focal: 37, random at 224 px: 167), a ViT-B/16
+  random view without dropped patches (197) and inference at 224 px with ViT-S/16 (197) and ViT-B/32 (50);
 - ``last block``: the encoder's last block, forward + backward, computed for the CLS token alone (the only
   output of it MSN reads) against every token, on the preset's random and focal anchors and on a ViT-S/16
   random anchor at 224 px (batch 8, 167 tokens kept);
@@ -132,11 +131,8 @@ def _pairs(quick: bool) -> dict[str, dict[str, Any]]:
 
             return run
 
-        limit = layers.EXPLICIT_MAX_TOKENS_TRAINING if training else layers.EXPLICIT_MAX_TOKENS
-        cases = {"SDPA": attn(F.scaled_dot_product_attention), "explicit": attn(explicit)}
-        if tokens <= limit:  # what vitmsn runs first
-            cases = dict(reversed(cases.items()))
-        pairs[f"attention {name} {n}x{tokens}"] = cases
+        pairs[f"attention {name} {n}x{tokens}"] = {"SDPA": attn(F.scaled_dot_product_attention),
+                                                     "explicit": attn(explicit)}
 
     # the last block, whose only output MSN reads is the CLS token's
     blocks = [(f"{name} {n}x{tokens}", state.online.encoder.blocks[-1], n, tokens)

@@ -20,23 +20,6 @@ def _seed():
     torch.manual_seed(0)
 
 
-def force_sdpa(monkeypatch) -> None:
-    """Attention through SDPA at every sequence length: the tiny test models' sequences are short enough
-    for the explicit product vitmsn runs on the CPU by default (``layers._explicit_is_faster``)."""
-    from vitmsn.models import layers
-
-    monkeypatch.setattr(layers, "EXPLICIT_MAX_TOKENS", 0)
-    monkeypatch.setattr(layers, "EXPLICIT_MAX_TOKENS_TRAINING", 0)
-
-
-@pytest.fixture(params=["explicit", "sdpa"])
-def kernel(request, monkeypatch) -> str:
-    """Runs a test with each of the two attention kernels of vitmsn's default path."""
-    if request.param == "sdpa":
-        force_sdpa(monkeypatch)
-    return request.param
-
-
 def save_hf(tmp_path_factory, cls_name: str, config_name: str, *, safe: bool = True, init_kwargs=None,
             **config_kwargs):
     """Build a random transformers model, perturb its weights so nothing is zero or one, and save it."""

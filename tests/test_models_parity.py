@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vitmsn
-from tests.conftest import TINY, force_sdpa, save_hf
+from tests.conftest import TINY, save_hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -46,7 +46,7 @@ def main_output(cls_name: str, out):
     return out.last_hidden_state
 
 
-def test_default_forward(pair, kernel):
+def test_default_forward(pair):
     cls_name, ref, ours, _ = pair
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
@@ -122,9 +122,12 @@ def _gradient_file(model, directory) -> dict[str, torch.Tensor]:
     return {k.removeprefix("vit."): v for k, v in load_file(Path(directory) / "model.safetensors").items()}
 
 
-def test_gradients(pair, kernel, tmp_path):
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_gradients(pair, attn, tmp_path):
     """Training: the gradients of every weight and of the input equal transformers', with either kernel."""
-    cls_name, ref, ours, _ = pair
+    cls_name, ref, ours, path = pair
+    if attn == "eager":
+        ours = getattr(vitmsn, cls_name).from_pretrained(path, attn_implementation="eager")
     x = torch.randn(4, 3, 32, 32)
     files, inputs = [], []
     for name, model in (("ours", ours), ("ref", ref)):
@@ -165,9 +168,8 @@ def test_mim_loss_with_mask(pair):
             close(o(x, bool_masked_pos=mask).last_hidden_state, r(x, bool_masked_pos=mask).last_hidden_state)
 
 
-def test_sdpa_equals_eager(pair, monkeypatch):
+def test_sdpa_equals_eager(pair):
     cls_name, _, ours, path = pair
-    force_sdpa(monkeypatch)
     eager = getattr(vitmsn, cls_name).from_pretrained(path, attn_implementation="eager")
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

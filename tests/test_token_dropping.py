@@ -102,10 +102,13 @@ def test_msn_embedding_normalises_only_the_cls_token():
         torch.testing.assert_close(net.embed(x, keep), expected, atol=1e-6, rtol=0)
 
 
-def test_cls_only_last_block_is_the_first_row_forward_and_backward(kernel):
+@pytest.mark.parametrize("eager", [False, True])
+def test_cls_only_last_block_is_the_first_row_forward_and_backward(eager):
     """``cls_only`` computes the last block for the CLS token alone: the same numbers and gradients as the
     first row of the full output, with kept tokens, focal sizes, head masks and either attention kernel."""
     m = backbone()
+    for blk in m.blocks:
+        blk.attn.eager = eager
     keep = random_keep_indices(3, 16, 0.5, generator=torch.Generator().manual_seed(2))
     cases = [dict(keep_idx=keep), dict(), dict(head_mask=torch.tensor([1.0, 0.0, 1.0, 1.0])),
              dict(interpolate_pos_encoding=True)]

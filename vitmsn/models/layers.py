@@ -249,27 +249,11 @@ class PatchEmbed(nn.Module):
         return x.reshape(B, C, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5).reshape(B, gh * gw, C * ph * pw)
 
 
-# On the CPU, PyTorch's SDPA kernel has a cost per (image, head) that short sequences do not repay: the
-# explicit softmax(q k^T) v is faster up to these many keys (``bench/parts.py``, rows ``attention``; at
-# ViT-S/B's 197 tokens SDPA is faster in both). Training (gradients recorded) gains over a longer range.
-EXPLICIT_MAX_TOKENS = 32
-EXPLICIT_MAX_TOKENS_TRAINING = 64
-
-
-def _explicit_is_faster(k: torch.Tensor) -> bool:
-    """Whether the explicit attention product beats SDPA for keys ``k`` (B, H, N, hd) here."""
-    if k.device.type != "cpu" or _is_compiling() or _is_exporting() or torch.jit.is_tracing():
-        return False  # GPUs: flash / memory-efficient SDPA; compiled and exported graphs: SDPA, as always
-    limit = EXPLICIT_MAX_TOKENS_TRAINING if torch.is_grad_enabled() and k.requires_grad else EXPLICIT_MAX_TOKENS
-    return k.shape[-2] <= limit
-
-
 class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv projection.
 
-    The fast path is ``F.scaled_dot_product_attention``. The explicit path (softmax of q k^T) runs when the
-    attention probabilities are asked for, a head mask is given, ``eager`` is set, or on the CPU for short
-    sequences, where it is the faster one (``_explicit_is_faster``). With
+    The fast path is ``F.scaled_dot_product_attention``. The explicit path (softmax of q k^T) runs only when
+    the attention probabilities are asked for, a head mask is given, or ``eager`` is set. With
     ``cls_only`` only the first token (CLS) asks the queries: the output is (B, 1, D), the keys and values
     are still those of every token.
     """
@@ -295,7 +279,7 @@ class Attention(nn.Module):
         Nq = q.shape[2]
         drop = self.attn_drop if self.training else 0.0
         weights = None
-        if need_weights or head_mask is not None or self.eager or _explicit_is_faster(k):
+        if need_weights or head_mask is not None or self.eager:
             scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, Nq, N)
             weights = scores.softmax(dim=-1, dtype=torch.promote_types(q.dtype, torch.float32)).to(q.dtype)
             weights = F.dropout(weights, p=drop, training=self.training)
