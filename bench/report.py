@@ -30,6 +30,7 @@ SCRIPTS = {
     "parts": "the parts behind the pretraining-step and preprocessing changes, each against its alternative",
     "pretrain_e2e": "MSN pretraining with the views made: vitmsn vs lightly's MSNTransform + MSN parts",
     "op_profile": "where the time goes: torch.profiler's operator shares in vitmsn's inference and pretraining step",
+    "threads": "what a torch.set_num_threads call does to the work after it, in fresh processes",
 }
 NOT_MEASURED = "not measured yet"
 
@@ -497,6 +498,16 @@ def render_op_profile(d: dict) -> str:
     return "\n".join(out)
 
 
+def render_threads(d: dict) -> str:
+    cfg = d["config"]
+    rows = [[r["workload"], r["condition"], f(r["median_ms"], 2), f(r["ratio_to_never"], 3),
+             f"{r['ratio_min']:.3f} - {r['ratio_max']:.3f}"] for r in d["results"]["rows"]]
+    return (f"{cfg['trials']} trials of one fresh process per condition ({', '.join(cfg['conditions'])}), "
+            f"{cfg['threads']} threads; per process the median of interleaved repeats. Ratio: to the `never` "
+            "process of the same trial.\n\n"
+            + table(["workload", "condition", "median ms", "ratio to never", "min - max"], rows))
+
+
 def render_generic(d: dict) -> str:
     return "```json\n" + json.dumps(d["results"], indent=1)[:4000] + "\n```"
 
@@ -512,6 +523,7 @@ RENDER = {
     "parts": render_parts,
     "pretrain_e2e": render_pretrain_e2e,
     "op_profile": render_op_profile,
+    "threads": render_threads,
 }
 
 
@@ -534,7 +546,7 @@ def render(results: dict[str, dict], notes: str | None = None) -> str:
         "python bench/matmul_peak.py && python bench/inference.py && python bench/ab.py && "
         "python bench/masking.py && python bench/preprocess.py && python bench/pretrain_step.py --compile && "
         "python bench/lowshot.py && python bench/parts.py && python bench/pretrain_e2e.py && "
-        "python bench/op_profile.py",
+        "python bench/op_profile.py && python bench/threads.py",
         "python bench/report.py",
         "```",
         "",

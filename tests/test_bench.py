@@ -27,6 +27,7 @@ from bench import (  # noqa: E402
     pretrain_e2e,
     pretrain_step,
     report,
+    threads,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +106,17 @@ def test_pretrain_e2e(results_dir):
     sides = {r["side"]: r for r in res["rows"]}
     assert {"vitmsn", "vitmsn-workers"} <= set(sides)
     assert all(0 < r["views_median_s"] < r["median_s"] for r in sides.values())  # the views are part of a step
+
+
+def test_threads(results_dir):
+    threads.main(["--quick", "--results-dir", str(results_dir)])
+    data = read(results_dir, "threads")
+    conditions = data["config"]["conditions"]
+    assert conditions[:3] == ["never", "same", "toggle"]
+    rows = data["results"]["rows"]
+    assert len(rows) == len(conditions) * (len(threads.WORKLOADS) + 1)  # + "views + step"
+    assert all(r["median_ms"] > 0 for r in rows)
+    assert all(r["ratio_to_never"] == 1 for r in rows if r["condition"] == "never")
 
 
 def test_op_profile(results_dir):

@@ -264,15 +264,16 @@ class MSNViews:
 
     Args:
         cfg: the settings (paper defaults if ``None``).
-        single_thread: run each call with ``torch.set_num_threads(1)`` (restored afterwards).
-            Per-image ops on small tensors gain nothing from intra-op threads, and some
-            (``conv2d`` in the blur, reflect padding) always start a parallel region, which on
-            a busy machine can cost milliseconds each; DataLoader workers already use one thread.  The
-            setting is process-wide, so turn this off if other threads of the process run
-            torch work concurrently with the augmentation.
+        single_thread: run each call with ``torch.set_num_threads(1)`` and then set the count back
+            (default off). Per-image ops on small tensors gain little from intra-op threads, but the
+            calls themselves cost more: after any ``torch.set_num_threads`` call, even one with torch's own
+            count, this torch runs SDPA on short sequences about twice as slowly in the whole process (it
+            switches MKL's dynamic thread adjustment off), and with views made in the training process
+            (``view_maker=workers``, ``num_workers=0``) the views gained nothing measurable while the
+            training step got slower (``bench/threads.py``). DataLoader workers already use one thread.
     """
 
-    def __init__(self, cfg: ViewConfig | None = None, single_thread: bool = True) -> None:
+    def __init__(self, cfg: ViewConfig | None = None, single_thread: bool = False) -> None:
         self.cfg = cfg if cfg is not None else ViewConfig()
         self.single_thread = single_thread
         c = self.cfg
