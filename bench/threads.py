@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
             row = {"workload": w, "condition": c, "median_ms": median([r[c][w] for r in runs]) * 1e3,
                    "ratio_to_never": median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
             rows.append(row)
-            print(f"  {w:12s} {c:7s} {row['median_ms']:9.2f} ms   x{row['ratio_to_never']:.3f} "
+            print(f"  {w:12s} {c:10s} {row['median_ms']:9.2f} ms   x{row['ratio_to_never']:.3f} "
                   f"({row['ratio_min']:.3f} - {row['ratio_max']:.3f})")
     write_result(NAME, args, machine=machine,
                  config={"threads": threads, "trials": trials, "conditions": list(conditions),

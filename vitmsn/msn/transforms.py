@@ -265,12 +265,12 @@ class MSNViews:
     Args:
         cfg: the settings (paper defaults if ``None``).
         single_thread: run each call with ``torch.set_num_threads(1)`` and then set the count back
-            (default off). Per-image ops on small tensors gain little from intra-op threads, but the
-            calls themselves cost more: after any ``torch.set_num_threads`` call, even one with torch's own
-            count, this torch runs SDPA on short sequences about twice as slowly in the whole process (it
-            switches MKL's dynamic thread adjustment off), and with views made in the training process
-            (``view_maker=workers``, ``num_workers=0``) the views gained nothing measurable while the
-            training step got slower (``bench/threads.py``). DataLoader workers already use one thread.
+            (default off). Per-image ops on small tensors gain little from intra-op threads, and the
+            calls change the whole process: ``torch.set_num_threads``, even with torch's own count,
+            switches MKL's dynamic thread adjustment off, after which this torch runs SDPA on short
+            sequences markedly slower. With views made in the training process (``view_maker=workers``,
+            ``num_workers=0``) the option made the views a few percent faster and the training step
+            slower (``bench/threads.py``). DataLoader workers already use one thread.
     """
 
     def __init__(self, cfg: ViewConfig | None = None, single_thread: bool = False) -> None:
