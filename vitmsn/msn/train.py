@@ -492,7 +492,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
                     bar.update(1)
                     if state.step % cfg.log_every == 0 or state.step == total_steps:
                         rate = seen / max(time.perf_counter() - t0, 1e-9)
-                        skipped = _sum_over_processes(skipped_here, dev)
+                        (skipped,) = _sum_over_processes([skipped_here], dev)
                         loss, ce, entropy, me_max, num_targets, max_target, grad_norm = torch.stack(
                             [*res.terms, res.out.me_max.detach(), res.out.num_unique_targets, res.out.max_target,
                              res.grad_norm.float()]).tolist()
@@ -520,8 +520,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
         finally:
             bar.close()
             log.close()
-    skipped = _sum_over_processes(skipped_here, dev)
-    num_warned = _sum_over_processes(len(warned), dev)
+    skipped, num_warned = _sum_over_processes([skipped_here, len(warned)], dev)
     dist.barrier()
     if main:
         if skipped:
@@ -549,8 +548,9 @@ def _stop(state: MSNState, cfg: PretrainConfig, ckpt_dir: Path, signum: int, sav
                               f"{continue_with}", signum)
 
 
-def _sum_over_processes(n: int, device: torch.device) -> int:
-    return int(dist.all_reduce_sum_(torch.full((), n, dtype=torch.int64, device=device)))
+def _sum_over_processes(counts: list[int], device: torch.device) -> list[int]:
+    """Each count summed over processes, in one all-reduce (every process must call it)."""
+    return dist.all_reduce_sum_(torch.tensor(counts, dtype=torch.int64).to(device)).tolist()
 
 
 def _save(state: MSNState, cfg: PretrainConfig, ckpt_dir: Path, *, numbered: bool, epoch: int) -> None:
