@@ -6,7 +6,9 @@ everything runs in one process and every collective is the identity.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from datetime import timedelta
 
 import torch
@@ -38,12 +40,19 @@ def init_from_env(device: str | None = None) -> torch.device:
     """
     use_cuda = torch.cuda.is_available() if device is None else _parse_device(device).type == "cuda"
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
+        if not use_cuda:
+            if not is_initialized():
+                dist.init_process_group(backend="gloo", timeout=timedelta(minutes=30))
+            return torch.device("cpu")
+        # a launcher that shows each process only its own GPU (one per task) leaves LOCAL_RANK beyond the count
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % max(torch.cuda.device_count(), 1))
+        torch.cuda.set_device(dev)
         if not is_initialized():
-            dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30))
-        return torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+            try:  # bound to its GPU from the start (torch >= 2.3): NCCL set up at once, barriers know the GPU
+                dist.init_process_group(backend="nccl", timeout=timedelta(minutes=30), device_id=dev)
+            except TypeError:  # older torch
+                dist.init_process_group(backend="nccl", timeout=timedelta(minutes=30))
+        return dev
     return resolve_device(device)
 
 
@@ -75,6 +84,24 @@ def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
     if enabled and device.type == "cuda" and not native_bf16():
         raise ValueError("bf16 needs a GPU with bfloat16 (NVIDIA Ampere or newer): turn bf16 off")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@contextlib.contextmanager
+def tf32_matmuls(device: torch.device, enabled: bool) -> Iterator[None]:
+    """TensorFloat-32 fp32 matmuls and convolutions on a CUDA ``device`` while inside (restored on exit).
+
+    On NVIDIA Ampere or newer GPUs they run several times fp32's speed at about 1e-3 relative precision,
+    which training tolerates (bf16 autocast is coarser); no effect on the CPU or on older GPUs. The setting
+    is process-wide, so it is on only for the duration of the training function that asks for it."""
+    if device.type != "cuda" or not enabled:
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def native_bf16() -> bool:
@@ -139,8 +166,12 @@ def all_reduce_mean_(t: torch.Tensor) -> torch.Tensor:
 class GlobalBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d whose batch statistics are those of the global batch, on any device.
 
-    ``nn.SyncBatchNorm`` runs on GPUs only; this does the same on the CPU with a differentiable all-reduce of
-    the per-feature sums, so that N gloo processes compute what one process computes on the whole batch.
+    One differentiable all-reduce of per-feature sums per call, so that N processes compute what one process
+    computes on the whole batch (gloo on the CPU, NCCL on GPUs). Unlike ``nn.SyncBatchNorm`` it never makes
+    the host wait for the GPU (SyncBatchNorm filters the ranks' counts with a boolean mask, which does), as
+    every rank brings a batch of the same size. The sums are taken in float32 at least (bf16 autocast gives
+    bf16 inputs) and around the running mean, the same on every rank, so that the variance does not lose its
+    digits to a large mean.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,31 +181,33 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
 
         import torch.distributed.nn.functional as dnn
 
-        # x: (n, C) local rows; stats: (2C + 1,) = [sum x, sum x^2, n], summed over processes
-        stats = torch.cat([x.sum(0), (x * x).sum(0), x.new_tensor([x.shape[0]])])
+        # x: (n, C) local rows; stats: (2C + 1,) = [sum (x - k), sum (x - k)^2, n], summed over processes
+        dt = torch.promote_types(x.dtype, torch.float32)  # bf16 under autocast: float32
+        shift = self.running_mean.to(dt) if self.track_running_stats else x.new_zeros(x.shape[1], dtype=dt)
+        xs = x.to(dt) - shift  # (n, C)
+        stats = torch.cat([xs.sum(0), (xs * xs).sum(0), xs.new_full((1,), x.shape[0])])
         with warnings.catch_warnings():  # deprecated for functional collectives, which lack gloo autograd
             warnings.simplefilter("ignore", FutureWarning)
             stats = dnn.all_reduce(stats)
         C = x.shape[1]
         n = stats[-1]
-        mean = stats[:C] / n
-        var = (stats[C: 2 * C] / n - mean * mean).clamp_min(0)  # biased, as BatchNorm normalises with
+        centred = stats[:C] / n  # mean - shift
+        mean = shift + centred
+        var = (stats[C: 2 * C] / n - centred * centred).clamp_min(0)  # biased, as BatchNorm normalises with
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 self.running_mean.mul_(1 - m).add_(mean.detach() * m)
                 self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)) * m)
-        y = (x - mean) * torch.rsqrt(var + self.eps)
+        y = (x.to(dt) - mean) * torch.rsqrt(var + self.eps)
         return y * self.weight + self.bias if self.affine else y
 
 
-def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
-    """SyncBatchNorm on GPU, GlobalBatchNorm1d on CPU; no change in a single process."""
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Every ``BatchNorm1d`` of ``module`` as a :class:`GlobalBatchNorm1d` (in place); no change in one process."""
     if world_size() == 1:
         return module
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for name, child in module.named_children():
         if type(child) is nn.BatchNorm1d:
             new = GlobalBatchNorm1d(child.num_features, child.eps, child.momentum, child.affine,
@@ -182,5 +215,5 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
             new.load_state_dict(child.state_dict())
             setattr(module, name, new)
         else:
-            convert_sync_batchnorm(child, device)
+            convert_sync_batchnorm(child)
     return module

@@ -32,6 +32,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         given["augment"] = False
     if args.bf16:
         given["bf16"] = True
+    if args.no_tf32:
+        given["tf32"] = False
     if args.no_tensorboard:
         given["tensorboard"] = False
     if args.resume:
@@ -207,6 +209,8 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--num-workers", type=int, help=f"data-loading processes (default {d['num_workers']})")
     sp.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     sp.add_argument("--bf16", action="store_true", help="bfloat16 autocast (on GPUs that support it)")
+    sp.add_argument("--no-tf32", action="store_true",
+                    help="full fp32 matmuls on a GPU (default: TensorFloat-32 on Ampere or newer; no effect on CPU)")
     sp.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its latest checkpoint, with its saved settings")  # fmt: skip
     sp.add_argument("--no-tensorboard", action="store_true", help="log.csv only")

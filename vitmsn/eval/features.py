@@ -152,16 +152,23 @@ def extract_features(model: VisionTransformer, images: Dataset | Sequence, proce
         raise ValueError("no images to extract features from")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     labelled = _Labelled(images)
+    cuda = device.type == "cuda"
     loader = DataLoader(labelled, batch_size=batch_size, num_workers=num_workers, shuffle=False,
-                        collate_fn=_ProcessBatch(processor))
-    feats, labels, kept = [], [], []
+                        collate_fn=_ProcessBatch(processor), pin_memory=cuda)
+    feats, labels, kept, on_device = [], [], [], []  # on_device: a GPU's features not yet copied to the host
     for pixels, y, positions in tqdm(loader, desc=desc, disable=not progress, unit="batch", leave=False):
         kept.append(positions)
         if pixels is None:
             continue
-        out = model.forward_features(pixels.to(device), normalize=pool == "cls", cls_only=True)  # (B, 1, D)
-        feats.append(out.tokens[:, 0].float().cpu())
+        out = model.forward_features(pixels.to(device, non_blocking=cuda), normalize=pool == "cls",
+                                     cls_only=True)  # (B, 1, D)
         labels.append(y)
+        (on_device if cuda else feats).append(out.tokens[:, 0].float())  # (B, D)
+        if len(on_device) == 64:  # from a GPU, one copy (which waits for it) per 64 batches
+            feats.append(torch.cat(on_device).cpu())
+            on_device = []
+    if on_device:
+        feats.append(torch.cat(on_device).cpu())
     _leave_out_unread(labelled, set(torch.cat(kept).tolist()) if kept else set())
     return torch.cat(feats).numpy(), torch.cat(labels).numpy().astype(np.int64)
 

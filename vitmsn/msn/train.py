@@ -57,7 +57,7 @@ LATEST = "latest.pt"
 _RESUMABLE_CHANGES = {"out", "num_workers", "log_every", "max_steps", "checkpoint_every", "checkpoint_every_steps",
                       "tensorboard", "data", "compile",
                       # the way out of a loss that became NaN: the schedules are recomputed from these
-                      "lr", "start_lr", "final_lr", "bf16", "clip_grad"}
+                      "lr", "start_lr", "final_lr", "bf16", "clip_grad", "tf32"}
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -229,7 +229,7 @@ def build_state(cfg: PretrainConfig, device: torch.device, init: str | None = No
     prototypes = Prototypes(cfg.num_prototypes, cfg.head_output_dim, frozen=cfg.freeze_prototypes)
     if init is not None:
         _load_init(online, prototypes, init)
-    online = dist.convert_sync_batchnorm(online, device).to(device)
+    online = dist.convert_sync_batchnorm(online).to(device)
     prototypes.to(device)
     target = copy.deepcopy(online)  # the EMA copy: encoder + head, no gradients
     for p in target.parameters():
@@ -444,7 +444,9 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
     # -- networks, prototypes, optimizer; the loss
     state = build_state(cfg, dev, init=None if resume else init)
     online, target = networks_to_call(
-        state, cfg, DistributedDataParallel(state.online) if W > 1 else state.online)
+        # no buffer broadcast at every forward: the only buffers, BatchNorm's running statistics, come from the
+        # global batch and are the same on every process already
+        state, cfg, DistributedDataParallel(state.online, broadcast_buffers=False) if W > 1 else state.online)
     criterion = build_criterion(cfg)
     if resume:
         state.load_state_dict(load_checkpoint(ckpt_dir / LATEST, PRETRAIN_KEYS), source=ckpt_dir / LATEST)
@@ -465,7 +467,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
     t0, seen, skipped_here, warned = time.perf_counter(), 0, 0, set()
     saved_step = state.step if resume else -1  # the step latest.pt holds
     # SIGINT / SIGTERM: finish the step, save latest.pt as a mid-epoch checkpoint, raise TrainingInterrupted
-    with StopRequests(announce=main) as stop:
+    with StopRequests(announce=main) as stop, dist.tf32_matmuls(dev, cfg.tf32):
         try:
             while state.step < total_steps:
                 epoch, start_batch = divmod(state.step, steps_per_epoch)
