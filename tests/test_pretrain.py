@@ -326,7 +326,8 @@ def test_resume_refuses_changed_settings(tmp_path):
     assert _check_run_folder(tiny_config(tmp_path / "r", max_steps=2, compile=True), tmp_path / "r", True).compile
 
 
-def test_nan_loss_stops_with_a_clear_message(tmp_path):
+@pytest.mark.parametrize("log_every", [1, 100])  # 100: the flags are read one step late (StepChecks.push)
+def test_nan_loss_stops_with_a_clear_message(tmp_path, log_every):
     from vitmsn.msn.train import pretrain
     from vitmsn.training import NonFiniteLossError
 
@@ -334,9 +335,75 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
         def __getitem__(self, i):
             return Image.fromarray(np.full((32, 32, 3), 255, np.uint8)), 0
 
-    cfg = tiny_config(tmp_path / "nan", max_steps=3, mean=(0.0,) * 3, std=(1e-30,) * 3)  # inf pixels
-    with pytest.raises(NonFiniteLossError, match="no checkpoint was written before it: start the run again with a lower"):
+    cfg = tiny_config(tmp_path / "nan", max_steps=3, mean=(0.0,) * 3, std=(1e-30,) * 3,  # inf pixels
+                      log_every=log_every)
+    with pytest.raises(NonFiniteLossError, match="at step 0; no checkpoint was written before it: start the run "
+                                                 "again with a lower"):
         pretrain(cfg, device="cpu", progress=False, dataset=Bad())
+
+
+def _nan_at_call(monkeypatch, calls: set[int]) -> None:
+    """pretrain's criterion gives a nan loss (and cross-entropy) at the given calls (0-based), its own values
+    otherwise."""
+    from vitmsn.msn import train
+
+    build, count = train.build_criterion, [0]
+
+    def criterion(cfg):
+        crit = build(cfg)
+
+        def call(*a, **k):
+            out, count[0] = crit(*a, **k), count[0] + 1
+            nan = float("nan")
+            return out._replace(loss=out.loss * nan, ce=out.ce * nan) if count[0] - 1 in calls else out
+
+        return call
+
+    monkeypatch.setattr(train, "build_criterion", criterion)
+
+
+def test_non_finite_step_changes_no_weight(monkeypatch):
+    """A step whose loss is not finite leaves the online network's weights, the prototypes and AdamW's moments
+    as they were (the fused kernel skips it); the next finite step changes them."""
+    from vitmsn.msn import train
+
+    cfg = tiny_config(Path("unused"), log_every=100)
+    state = train.build_state(cfg, torch.device("cpu"))
+    _nan_at_call(monkeypatch, {1})
+    criterion, sched = train.build_criterion(cfg), train.schedules(cfg, 4)
+    views = [torch.randn(8, 3, s, s) for s in (32, 32, 16, 16)]  # target, random anchor, 2 focal views
+    keep = train.mask_for_step(cfg, 0, 8, 16, torch.device("cpu"))
+
+    def snapshot():  # the weights (BatchNorm's running statistics move in the forward, as before any check)
+        return {k: v.detach().clone()
+                for k, v in [*state.online.named_parameters(), ("prototypes", state.prototypes.weight)]}
+
+    assert not train.train_step(state, cfg, criterion, sched, views, keep).non_finite  # the moments exist now
+    before, moments = snapshot(), copy_moments(state.optimizer)
+    res = train.train_step(state, cfg, criterion, sched, views, keep)
+    assert res.non_finite and not torch.isfinite(res.terms).all()
+    for k, v in snapshot().items():
+        assert torch.equal(v, before[k]), k
+    for a, b in zip(copy_moments(state.optimizer), moments, strict=True):
+        assert torch.equal(a, b)
+    assert not train.train_step(state, cfg, criterion, sched, views, keep).non_finite
+    assert not torch.equal(state.prototypes.weight, before["prototypes"])
+
+
+def copy_moments(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [t.clone() for st in optimizer.state.values() for t in st.values()]
+
+
+def test_nan_at_the_last_step_writes_no_checkpoint(tmp_path, monkeypatch):
+    """Read late or not, a non-finite last step stops the run before the checkpoint it would have written."""
+    from vitmsn.msn.train import pretrain
+    from vitmsn.training import NonFiniteLossError
+
+    _nan_at_call(monkeypatch, {1})
+    cfg = tiny_config(tmp_path / "r", max_steps=2, log_every=100)
+    with pytest.raises(NonFiniteLossError, match="the loss became nan at step 1; no checkpoint was written"):
+        pretrain(cfg, device="cpu", progress=False, dataset=Shapes())
+    assert not (tmp_path / "r" / "checkpoints").exists() or not any((tmp_path / "r" / "checkpoints").iterdir())
 
 
 def test_bf16_autocast_steps(tmp_path):

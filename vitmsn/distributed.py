@@ -10,6 +10,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -163,6 +164,24 @@ def all_reduce_mean_(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes whose backward is the sum of the gradients over processes (each process's output
+    feeds its own loss; the input's gradient is the total). Written here rather than taken from
+    ``torch.distributed.nn``, whose import left gloo processes aborting at exit now and then."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class GlobalBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d whose batch statistics are those of the global batch, on any device.
 
@@ -177,18 +196,12 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and is_initialized() and world_size() > 1):
             return super().forward(x)
-        import warnings
-
-        import torch.distributed.nn.functional as dnn
-
         # x: (n, C) local rows; stats: (2C + 1,) = [sum (x - k), sum (x - k)^2, n], summed over processes
         dt = torch.promote_types(x.dtype, torch.float32)  # bf16 under autocast: float32
         shift = self.running_mean.to(dt) if self.track_running_stats else x.new_zeros(x.shape[1], dtype=dt)
         xs = x.to(dt) - shift  # (n, C)
         stats = torch.cat([xs.sum(0), (xs * xs).sum(0), xs.new_full((1,), x.shape[0])])
-        with warnings.catch_warnings():  # deprecated for functional collectives, which lack gloo autograd
-            warnings.simplefilter("ignore", FutureWarning)
-            stats = dnn.all_reduce(stats)
+        stats = _AllReduceSum.apply(stats)
         C = x.shape[1]
         n = stats[-1]
         centred = stats[:C] / n  # mean - shift

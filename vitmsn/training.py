@@ -316,6 +316,59 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
+class StepChecks:
+    """The checks of a training step that need the device's numbers, read by the host one step late, so that
+    it never waits for the device in the middle of the loop: whether the loss was finite and, with many
+    processes, whether any of them was asked to stop (a signal).
+
+    :meth:`push` queues a step's flags (reduced over processes on the device, then copied to pinned host memory
+    behind the step's work) and reads those of the step before, done by then or nearly; :meth:`flush` reads
+    the last one pushed at once (on logging and checkpoint steps, where the host waits for the device anyway).
+    A loss that was not finite raises :class:`NonFiniteLossError` (its step changed no weight: the optimizer
+    skipped it on the device). On the CPU the flags are ready when pushed; reading them late keeps one path.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._pending: tuple[int, torch.Tensor, Any] | None = None  # (step, host flags, CUDA event)
+
+    def push(self, step: int, non_finite: torch.Tensor, loss: torch.Tensor, signum: int) -> int:
+        """Queue ``step``'s flags (``non_finite``, ``loss``: 0-dim device tensors, the same on every process;
+        ``signum``: this process's stop signal or 0); return the largest signal of the step before (0: none)."""
+        from vitmsn import distributed as dist
+
+        flags = torch.stack([non_finite.float(), loss.detach().float(),
+                             torch.full((), float(signum), device=loss.device)])  # (3,)
+        if dist.world_size() > 1:
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        event = None
+        if flags.device.type == "cuda":
+            host = torch.empty(3, pin_memory=True)
+            host.copy_(flags, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            flags = host
+        previous, self._pending = self._pending, (step, flags, event)
+        return self._read(previous)
+
+    def flush(self) -> int:
+        """Read the flags pushed last (waiting for the device); return their signal (0: none)."""
+        pending, self._pending = self._pending, None
+        return self._read(pending)
+
+    @staticmethod
+    def _read(pending: tuple[int, torch.Tensor, Any] | None) -> int:
+        if pending is None:
+            return 0
+        step, flags, event = pending
+        if event is not None:
+            event.synchronize()
+        non_finite, loss, signum = flags.tolist()
+        if non_finite:
+            raise NonFiniteLossError(f"the loss became {loss} at step {step}")
+        return int(signum)
+
+
 def non_finite_advice(checkpoint: Path, resume_lower_lr: str, restart_lower_lr: str) -> str:
     """What to do after a non-finite loss, given the run's latest checkpoint (which may not exist yet):
     resume from it with a lower learning rate, or, with no checkpoint, start the run again with one."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ from vitmsn.training import (
     MetricLogger,
     NonFiniteLossError,
     SeededTransform,
+    StepChecks,
     StopRequests,
     TrainingInterrupted,
     ignore_sigint,
@@ -352,6 +354,7 @@ class StepResult(NamedTuple):
 
     out: MSNLossOutput  # this process's loss terms (``out.loss`` carries the graph until backward)
     terms: torch.Tensor  # (3,) loss, ce, entropy of the global batch (mean over processes), detached
+    non_finite: torch.Tensor  # () bool: the global batch's loss was NaN or inf, and the step changed no weight
     grad_norm: torch.Tensor  # before clipping (nan without clipping)
     lr: float
     wd: float
@@ -364,8 +367,13 @@ def train_step(state: MSNState, cfg: PretrainConfig, criterion: MSNLoss, sched: 
     """One MSN step on a batch of views ``[target, rand_1..R, focal_1..F]`` (each (b, C, H, W), on the device).
 
     ``online`` and ``target`` are the networks to call (by default ``state.online`` and ``state.target``;
-    a DDP wrapper, or what :func:`networks_to_call` returns). Raises :class:`NonFiniteLossError` on every
-    process at once, before the update, if the loss of the global batch is not finite.
+    a DDP wrapper, or what :func:`networks_to_call` returns).
+
+    A loss of the global batch that is not finite changes no weight, on every process alike: the fused AdamW
+    skips the update on the device (``found_inf``), without the host waiting for the device, and the result's
+    ``non_finite`` says so (:func:`pretrain` raises :class:`NonFiniteLossError` once it reads it, see
+    :class:`~vitmsn.training.StepChecks`); with another optimizer this raises it, before the update. The EMA
+    target still moves towards the unchanged online network.
     """
     online = state.online if online is None else online
     target = state.target if target is None else target
@@ -392,8 +400,10 @@ def train_step(state: MSNState, cfg: PretrainConfig, criterion: MSNLoss, sched: 
     terms = dist.all_reduce_mean_(torch.stack([out.loss, out.ce, out.entropy]).detach())  # (3,)
     state.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
-    # checked once the backward is queued (on a GPU the check waits for the device): nothing is updated yet
-    if not bool(torch.isfinite(terms).all()):
+    non_finite = ~torch.isfinite(terms).all()  # (), the same on every process
+    if state.optimizer.defaults.get("fused"):
+        state.optimizer.found_inf = non_finite.float()  # the fused kernel leaves weights and moments as they are
+    elif bool(non_finite):  # another optimizer: checked here (on a GPU this waits for the device)
         raise NonFiniteLossError(f"the loss became {terms[0].item()} at step {step}")
     if state.prototypes.weight.grad is not None:
         dist.all_reduce_sum_(state.prototypes.weight.grad)
@@ -404,7 +414,7 @@ def train_step(state: MSNState, cfg: PretrainConfig, criterion: MSNLoss, sched: 
     # Step 3: momentum update of the target encoder and head
     ema_update(state.target, state.online, momentum)
     state.step += 1
-    return StepResult(out, terms, grad_norm, lr, wd, momentum)
+    return StepResult(out, terms, non_finite, grad_norm, lr, wd, momentum)
 
 
 
@@ -443,10 +453,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
 
     # -- networks, prototypes, optimizer; the loss
     state = build_state(cfg, dev, init=None if resume else init)
-    online, target = networks_to_call(
-        # no buffer broadcast at every forward: the only buffers, BatchNorm's running statistics, come from the
-        # global batch and are the same on every process already
-        state, cfg, DistributedDataParallel(state.online, broadcast_buffers=False) if W > 1 else state.online)
+    online, target = networks_to_call(state, cfg, _ddp(state.online) if W > 1 else state.online)
     criterion = build_criterion(cfg)
     if resume:
         state.load_state_dict(load_checkpoint(ckpt_dir / LATEST, PRETRAIN_KEYS), source=ckpt_dir / LATEST)
@@ -467,6 +474,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
     t0, seen, skipped_here, warned = time.perf_counter(), 0, 0, set()
     saved_step = state.step if resume else -1  # the step latest.pt holds
     # SIGINT / SIGTERM: finish the step, save latest.pt as a mid-epoch checkpoint, raise TrainingInterrupted
+    checks = StepChecks(dev)
     with StopRequests(announce=main) as stop, dist.tf32_matmuls(dev, cfg.tf32):
         try:
             while state.step < total_steps:
@@ -476,13 +484,10 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
                     step = state.step
                     views = [v.to(dev, non_blocking=True) for v in views]  # [target, rand_1..R, focal_1..F], (b, ...)
                     keep_idx = mask_for_step(cfg, step, cfg.rand_views * b * W, num_patches, dev)  # (R*b, K)
-                    try:
-                        res = train_step(state, cfg, criterion, sched, views, keep_idx, online=online,
-                                         target=target, amp=amp)
-                    except NonFiniteLossError as e:
-                        raise NonFiniteLossError(f"{e}; " + non_finite_advice(
-                            ckpt_dir / LATEST, "a lower learning rate (--resume --set lr=...)",
-                            "a lower learning rate (the same command with --set lr=..., without --resume)")) from None
+                    res = train_step(state, cfg, criterion, sched, views, keep_idx, online=online, target=target,
+                                     amp=amp)
+                    # the previous step's flags: a non-finite loss raises; any process's stop signal (many processes)
+                    asked = checks.push(step, res.non_finite, res.terms[0], stop.signum or 0)
 
                     # -- logs, progress, checkpoints; the metrics are read from the device on logging steps only
                     seen += b * W
@@ -493,6 +498,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
                             logger.warning("skipping bad image (using the next one instead): %s", reason)
                     bar.update(1)
                     if state.step % cfg.log_every == 0 or state.step == total_steps:
+                        asked = max(asked, checks.flush())  # this step's flags, before its metrics are logged
                         rate = seen / max(time.perf_counter() - t0, 1e-9)
                         (skipped,) = _sum_over_processes([skipped_here], dev)
                         loss, ce, entropy, me_max, num_targets, max_target, grad_norm = torch.stack(
@@ -507,18 +513,25 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
                     end_of_epoch = state.step % steps_per_epoch == 0
                     if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0 or end_of_epoch \
                             or state.step == total_steps:
+                        asked = max(asked, checks.flush())  # no checkpoint after a step whose loss was not finite
                         _save(state, cfg, ckpt_dir, numbered=end_of_epoch and (epoch + 1) % cfg.checkpoint_every == 0,
                               epoch=epoch + 1)
                         saved_step = state.step
                     if state.step >= total_steps:
                         break
-                    # every process stops at the same step: one asked is all asked (a small all-reduce in DDP)
-                    if dist.max_over_processes(stop.signum or 0, dev):
+                    # every process stops at the same step: one asked is all asked. One process reads its own
+                    # flag; many read the flags of the step before, reduced over processes (one step later)
+                    if (stop.signum or 0) if W == 1 else asked:
                         break
-                signum = dist.max_over_processes(stop.signum or 0, dev) if state.step < total_steps else 0
+                asked = checks.flush()  # the last step's flags
+                signum = max(asked, dist.max_over_processes(stop.signum or 0, dev)) if state.step < total_steps else 0
                 if signum:
                     _stop(state, cfg, ckpt_dir, signum, saved_step, bar,
                           continue_with or f"vitmsn pretrain --resume --out {out}")
+        except NonFiniteLossError as e:
+            raise NonFiniteLossError(f"{e}; " + non_finite_advice(
+                ckpt_dir / LATEST, "a lower learning rate (--resume --set lr=...)",
+                "a lower learning rate (the same command with --set lr=..., without --resume)")) from None
         finally:
             bar.close()
             log.close()
@@ -548,6 +561,14 @@ def _stop(state: MSNState, cfg: PretrainConfig, ckpt_dir: Path, signum: int, sav
     bar.close()
     raise TrainingInterrupted(f"stopped at step {state.step}; saved {ckpt_dir / LATEST}; continue with: "
                               f"{continue_with}", signum)
+
+
+def _ddp(online: MSNNetwork) -> DistributedDataParallel:
+    """The online network in DDP, without a broadcast of its buffers before every forward: the only ones,
+    BatchNorm's running statistics, come from the global batch and are the same on every process already."""
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:  # newer torch
+        return DistributedDataParallel(online, forward_sync_buffers=False)
+    return DistributedDataParallel(online, broadcast_buffers=False)
 
 
 def _sum_over_processes(counts: list[int], device: torch.device) -> list[int]:
