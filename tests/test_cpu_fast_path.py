@@ -75,6 +75,24 @@ def test_weights_changed_in_place_are_repacked(pair):
     torch.testing.assert_close(after, plain(ours, x).last_hidden_state, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_weights_changed_by_an_optimizer_are_repacked(pair, fused):
+    """Training steps between two evaluations, as a Trainer runs them: the fused AdamW updates the weights
+    without advancing their version counters, and the evaluation after it must still see the new weights."""
+    _, path = pair
+    ours = vitmsn.ViTMSNModel.from_pretrained(path)
+    x = torch.randn(2, 3, 64, 64)
+    opt = torch.optim.AdamW(ours.parameters(), lr=1e-2, fused=fused)
+    with torch.no_grad():
+        before = ours(x).last_hidden_state  # packs the weights
+    ours(x).last_hidden_state.square().mean().backward()
+    opt.step()
+    with torch.no_grad():
+        after = ours(x).last_hidden_state
+    assert (after - before).abs().max() > 1e-3
+    torch.testing.assert_close(after, plain(ours, x).last_hidden_state, atol=ATOL, rtol=0)
+
+
 def test_unpacked_weights(pair):
     """MSN's EMA target runs with weights reordered on the fly: same outputs, no packed copies made."""
     _, path = pair

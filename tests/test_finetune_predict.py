@@ -547,3 +547,15 @@ def test_cli_resume_of_a_gpu_run_without_a_gpu_names_device_cpu(tmp_path, capsys
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["finetune", "--out", str(run), "--resume", "--no-progress"]) == 2
     _one_error_line(capsys, "fine-tuned on cuda:0", "--device cpu")
+
+
+@pytest.mark.parametrize("log_every", [1, 100])  # 100: the steps' numbers are read only before the checkpoint
+def test_non_finite_loss_stops_before_a_checkpoint(model_dir, data_dir, tmp_path, log_every):
+    """A learning rate that blows the weights up: the run stops at the first non-finite loss, naming its step,
+    and writes no checkpoint after it."""
+    from vitmsn.training import NonFiniteLossError
+
+    settings = {**FAST, "lr": 1e30, "warmup_epochs": 0, "log_every": log_every}
+    with pytest.raises(NonFiniteLossError, match=r"the loss became (nan|inf) at step 1; no checkpoint was written"):
+        finetune(str(model_dir), str(data_dir), tmp_path / "ft", epochs=2, val_fraction=0.25, **settings)
+    assert not (tmp_path / "ft" / "checkpoints" / "latest.pt").exists()

@@ -450,7 +450,8 @@ def test_compile_without_a_compiler_is_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_adamw_falls_back_without_a_fused_kernel(monkeypatch):
-    from vitmsn.msn import train
+    """Without a fused kernel: the default AdamW, and a non-finite loss is caught at once (no device-side skip)."""
+    from vitmsn.training import NonFiniteLossError, adamw, skip_if_non_finite
 
     real = torch.optim.AdamW
 
@@ -460,9 +461,16 @@ def test_adamw_falls_back_without_a_fused_kernel(monkeypatch):
         return real(*args, **kw)
 
     p = torch.nn.Parameter(torch.zeros(3))
-    assert train._adamw([{"params": [p]}], 1e-3, torch.device("cpu")).defaults["fused"]
+    fused = adamw([{"params": [p]}], 1e-3, torch.device("cpu"))
+    assert fused.defaults["fused"]
+    assert skip_if_non_finite(fused, torch.tensor([float("nan"), 1.0]), 5) and fused.found_inf == 1
+    assert not skip_if_non_finite(fused, torch.tensor([2.0, 1.0]), 6) and fused.found_inf == 0
     monkeypatch.setattr(torch.optim, "AdamW", no_fused)
-    assert not train._adamw([{"params": [p]}], 1e-3, torch.device("cpu")).defaults.get("fused")
+    plain = adamw([{"params": [p]}], 1e-3, torch.device("cpu"))
+    assert not plain.defaults.get("fused")
+    assert not skip_if_non_finite(plain, torch.tensor(2.0), 6)
+    with pytest.raises(NonFiniteLossError, match="the loss became inf at step 7"):
+        skip_if_non_finite(plain, torch.tensor(float("inf")), 7)
 
 
 @pytest.mark.parametrize("name", ["vit-small/16", "vit-base/16", "vit-large/16", "vit-base/4", "vit-large/7",

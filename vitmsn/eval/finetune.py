@@ -54,6 +54,7 @@ from vitmsn.training import (
     SeededTransform,
     StopRequests,
     TrainingInterrupted,
+    adamw,
     ignore_sigint,
     load_checkpoint,
     load_weights_into,
@@ -62,6 +63,7 @@ from vitmsn.training import (
     save_checkpoint,
     seed_everything,
     set_rng_state,
+    skip_if_non_finite,
 )
 
 logger = logging.getLogger("vitmsn")
@@ -636,7 +638,7 @@ def finetune(
     stop_at = min(total_steps, max_steps) if max_steps else total_steps
     lr_schedule = Schedule("warmup_cosine", total_steps, 0.0, min_lr, ref=lr,
                            warmup_steps=round(warmup_epochs * steps_per_epoch))  # fmt: skip
-    optimizer = torch.optim.AdamW(finetune_param_groups(net, weight_decay, layer_decay), lr=lr)
+    optimizer = adamw(finetune_param_groups(net, weight_decay, layer_decay), lr, dev)
     amp = bf16_autocast(dev, bf16)
 
     # -- state: what a checkpoint holds besides weights and optimizer
@@ -662,8 +664,25 @@ def finetune(
             "val_images": len(splits.val) if splits.val is not None else 0, "steps_per_epoch": steps_per_epoch,
             "total_steps": total_steps}  # fmt: skip
 
+    unread: list[tuple[int, int, torch.Tensor]] = []  # (step, images, (3,) loss, grad norm, correct) on the device
+
+    def read_steps() -> tuple[float, float]:
+        """Add the unread steps to the running metrics, in order; return the last one's loss and grad norm.
+        A non-finite loss stops the run here (its update was skipped, see :func:`skip_if_non_finite`)."""
+        nonlocal unread
+        rows, steps, unread = torch.stack([v for _, _, v in unread]).tolist(), unread, []
+        for (at, n, _), (loss_value, _, correct) in zip(steps, rows, strict=True):
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(f"the loss became {loss_value} at step {at}")
+            running[0] += loss_value * n
+            running[1] += int(correct)
+            running[2] += n
+        return rows[-1][0], rows[-1][1]
+
     def checkpoint() -> None:
         nonlocal saved_step
+        if unread:  # the running metrics it saves include every step (a signal may come after a step's reads)
+            read_steps()
         saved_step = step
         save_checkpoint(
             {"step": step, "model": net.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(dev),
@@ -701,33 +720,28 @@ def finetune(
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     norm = torch.nn.utils.clip_grad_norm_(net.parameters(), clip_grad) if clip_grad else None
-                    # the step's numbers, read from the device at once (on a GPU: one wait per step, with the
-                    # backward already queued); a non-finite loss stops the run before the weights change
-                    correct = (logits.detach().argmax(-1) == labels).sum()
-                    loss_value, grad_norm, num_correct = torch.stack([
-                        loss.detach(), norm.float() if norm is not None else loss.new_full((), float("nan")),
-                        correct.float()]).tolist()  # fmt: skip
-                    if not math.isfinite(loss_value):
-                        raise NonFiniteLossError(f"the loss became {loss_value} at step {step}; " + non_finite_advice(
-                            out / "checkpoints" / LATEST, "a lower learning rate (--resume --lr ...)",
-                            "a lower learning rate (the same command with --lr ..., without --resume)"))
+                    skip_if_non_finite(optimizer, loss, step)  # a non-finite loss changes no weight
                     optimizer.step()
+                    # the step's numbers stay on the device until the host reads them (read_steps): on logging
+                    # steps (the end of an epoch is one) and before a checkpoint; a GPU is not waited for between
+                    unread.append((step, len(labels), torch.stack([
+                        loss.detach().float(), norm.float() if norm is not None else loss.new_full((), float("nan")),
+                        (logits.detach().argmax(-1) == labels).sum().float()])))  # fmt: skip
                     step += 1
-
-                    # -- running metrics, logs, progress
-                    running[0] += loss_value * len(labels)
-                    running[1] += int(num_correct)
-                    running[2] += len(labels)
                     seen += len(labels)
-                    train_loss, train_acc = running[0] / running[2], 100.0 * running[1] / running[2]
-                    metrics: dict[str, Any] = {
-                        "epoch": epoch, "loss": loss_value, "train_loss": train_loss, "train_acc": train_acc,
-                        "lr": cur_lr, "grad_norm": grad_norm, "images_per_s": seen / max(time.perf_counter() - t0, 1e-9),
-                        "val_loss": None, "val_acc": None,  # filled at the end of an epoch (empty cells otherwise)
-                    }  # fmt: skip
-                    bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.1f}", lr=f"{cur_lr:.2e}")
                     bar.update(1)
                     end_of_epoch = step % steps_per_epoch == 0
+                    log_now = step % log_every == 0 or end_of_epoch or step == stop_at
+                    if log_now:  # (a checkpoint reads the steps too)
+                        loss_value, grad_norm = read_steps()
+                        train_loss, train_acc = running[0] / running[2], 100.0 * running[1] / running[2]
+                        metrics: dict[str, Any] = {
+                            "epoch": epoch, "loss": loss_value, "train_loss": train_loss, "train_acc": train_acc,
+                            "lr": cur_lr, "grad_norm": grad_norm,
+                            "images_per_s": seen / max(time.perf_counter() - t0, 1e-9),
+                            "val_loss": None, "val_acc": None,  # filled at the end of an epoch (empty cells otherwise)
+                        }  # fmt: skip
+                        bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.1f}", lr=f"{cur_lr:.2e}")
 
                     # -- end of an epoch: evaluate, keep the best model (accuracy, then loss, decides)
                     if end_of_epoch:
@@ -754,7 +768,7 @@ def finetune(
                             bar.write(summary, file=sys.stderr)
                         else:
                             logger.info(summary)
-                    if step % log_every == 0 or end_of_epoch or step == stop_at:
+                    if log_now:
                         log.log(step, metrics)
                     if end_of_epoch:
                         write_metrics()
@@ -771,6 +785,10 @@ def finetune(
                     raise TrainingInterrupted(
                         f"stopped at step {step}; saved {out / 'checkpoints' / LATEST}; continue with: "
                         f"vitmsn finetune --out {out} --resume", stop.signum)
+        except NonFiniteLossError as e:
+            raise NonFiniteLossError(f"{e}; " + non_finite_advice(
+                out / "checkpoints" / LATEST, "a lower learning rate (--resume --lr ...)",
+                "a lower learning rate (the same command with --lr ..., without --resume)")) from None
         finally:
             bar.close()
             log.close()

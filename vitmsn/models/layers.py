@@ -10,10 +10,12 @@ import math
 import os
 import weakref
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 
 def activation(name: str) -> nn.Module:
@@ -87,16 +89,32 @@ CHUNK_ABOVE = 2 * CHUNK_TOKENS
 CHUNK_MIN_BYTES = 16 << 20
 
 
+#: optimizer steps taken in this process, by any optimizer (a global step hook counts them): fused optimizers
+#: update the weights in place without advancing their version counters (torch 2.14's fused AdamW), so a
+#: step of any optimizer makes every packed copy be remade at its next use
+_OPTIMIZER_STEPS = [0]
+
+
+def _count_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    _OPTIMIZER_STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
+
+
 class _PackedWeights:
     """oneDNN's blocked copy of each weight used in CPU inference, made on first use.
 
     Kept here rather than on the module because such tensors can be neither deep-copied nor saved. An entry
-    is remade when the weight changes (in-place update, ``.to()``) and dropped when the weight is freed.
-    Costs one more copy of the weights in memory; ``release_packed_weights()`` frees them all.
+    is remade when the weight changes (an in-place update, which advances its version counter; any optimizer
+    step; ``.to()``) and dropped when the weight is freed. A change through ``.data``, which bypasses the
+    version counter, is not seen: call ``release_packed_weights()`` after one. Costs one more copy of the
+    weights in memory; ``release_packed_weights()`` frees them all.
     """
 
     def __init__(self) -> None:
-        self._cache: dict[int, tuple[weakref.ref, int, int, torch.Tensor]] = {}
+        # id(weight) -> (weak reference, version, data pointer, optimizer steps, packed copy) at packing time
+        self._cache: dict[int, tuple[weakref.ref, int, int, int, torch.Tensor]] = {}
 
     def get(self, w: torch.Tensor) -> torch.Tensor:
         try:
@@ -104,12 +122,13 @@ class _PackedWeights:
         except RuntimeError:  # an inference tensor has no version counter: no way to see it change
             return w
         entry = self._cache.get(id(w))
-        if entry is not None and entry[0]() is w and entry[1] == version and entry[2] == w.data_ptr():
-            return entry[3]
+        key = (version, w.data_ptr(), _OPTIMIZER_STEPS[0])
+        if entry is not None and entry[0]() is w and entry[1:4] == key:
+            return entry[4]
         if entry is None or entry[0]() is not w:
             weakref.finalize(w, self._cache.pop, id(w), None)
         packed = _REORDER_WEIGHT(w.detach(), CHUNK_TOKENS)
-        self._cache[id(w)] = (weakref.ref(w), version, w.data_ptr(), packed)
+        self._cache[id(w)] = (weakref.ref(w), *key, packed)
         return packed
 
     def clear(self) -> None:

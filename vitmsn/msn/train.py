@@ -42,6 +42,7 @@ from vitmsn.training import (
     StepChecks,
     StopRequests,
     TrainingInterrupted,
+    adamw,
     ignore_sigint,
     load_checkpoint,
     load_weights_into,
@@ -50,6 +51,7 @@ from vitmsn.training import (
     save_checkpoint,
     seed_everything,
     set_rng_state,
+    skip_if_non_finite,
 )
 
 logger = logging.getLogger("vitmsn")
@@ -237,21 +239,8 @@ def build_state(cfg: PretrainConfig, device: torch.device, init: str | None = No
     for p in target.parameters():
         p.requires_grad_(False)
     named = [*online.named_parameters(), ("prototypes", prototypes.weight)]
-    optimizer = _adamw(param_groups(named, cfg.weight_decay), cfg.start_lr, device)
+    optimizer = adamw(param_groups(named, cfg.weight_decay), cfg.start_lr, device)
     return MSNState(online, target, prototypes, optimizer)
-
-
-def _adamw(groups: list[dict[str, Any]], lr: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with the fused kernel (one pass over every tensor) where torch has it: about a third of the
-    default's time per step on the fashion-mnist preset (CPU; ``bench/parts.py``, rows ``adamw``); the same
-    update up to rounding. torch < 2.4 has no fused
-    kernel for the CPU: the default (foreach) implementation then."""
-    if device.type in ("cpu", "cuda"):
-        try:
-            return torch.optim.AdamW(groups, lr=lr, fused=True)
-        except (RuntimeError, ValueError):
-            pass
-    return torch.optim.AdamW(groups, lr=lr)
 
 
 def _load_init(online: MSNNetwork, prototypes: Prototypes, init: str) -> None:
@@ -400,11 +389,7 @@ def train_step(state: MSNState, cfg: PretrainConfig, criterion: MSNLoss, sched: 
     terms = dist.all_reduce_mean_(torch.stack([out.loss, out.ce, out.entropy]).detach())  # (3,)
     state.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
-    non_finite = ~torch.isfinite(terms).all()  # (), the same on every process
-    if state.optimizer.defaults.get("fused"):
-        state.optimizer.found_inf = non_finite.float()  # the fused kernel leaves weights and moments as they are
-    elif bool(non_finite):  # another optimizer: checked here (on a GPU this waits for the device)
-        raise NonFiniteLossError(f"the loss became {terms[0].item()} at step {step}")
+    non_finite = skip_if_non_finite(state.optimizer, terms, step)  # (), the same on every process
     if state.prototypes.weight.grad is not None:
         dist.all_reduce_sum_(state.prototypes.weight.grad)
     grad_norm = torch.nn.utils.clip_grad_norm_(state.online.parameters(), cfg.clip_grad) \
