@@ -116,8 +116,10 @@ def test_num_parameters_as_transformers(pair):
 
 
 def test_trainer_trains_as_with_transformers(pair, tmp_path):
-    """transformers' Trainer (which passes num_items_in_batch to the loss) with gradient accumulation: the
-    same losses and the same weights after two optimizer steps as with transformers' own model."""
+    """transformers' Trainer (which passes num_items_in_batch to the loss) with gradient accumulation and its
+    default (fused) AdamW: the same losses and the same weights after two optimizer steps as with
+    transformers' own model, and the same evaluation loss before and after them (the evaluation after the
+    steps must see the new weights, not the oneDNN copies packed for the first one)."""
     pytest.importorskip("accelerate")
     theirs, ours, path = pair
     torch.manual_seed(3)
@@ -130,13 +132,15 @@ def test_trainer_trains_as_with_transformers(pair, tmp_path):
             gradient_accumulation_steps=2, max_steps=2, learning_rate=1e-2, logging_steps=1, report_to=[],
             save_strategy="no", use_cpu=True, seed=0, dataloader_num_workers=0, disable_tqdm=True,
         )
-        trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=data, eval_dataset=data[:4])
+        before = trainer.evaluate()["eval_loss"]
         trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        results.append((losses, model.classifier.weight.detach().clone()))
-    (loss_t, w_t), (loss_o, w_o) = results
+        results.append((losses, model.classifier.weight.detach().clone(), before, trainer.evaluate()["eval_loss"]))
+    (loss_t, w_t, *eval_t), (loss_o, w_o, *eval_o) = results
     assert len(loss_t) == 2 and loss_o == pytest.approx(loss_t, abs=1e-5)
     torch.testing.assert_close(w_o, w_t, atol=1e-5, rtol=0)
+    assert eval_o == pytest.approx(eval_t, abs=1e-5) and abs(eval_t[1] - eval_t[0]) > 1e-3
 
 
 def test_config_methods_and_saved_flags_as_transformers(tmp_path, caplog):
