@@ -538,8 +538,8 @@ def render(results: dict[str, dict], notes: str | None = None) -> str:
         "edit those, not this file. -->",
         "",
         "Run every benchmark, then this report (on 2 cores of an AMD EPYC on 2026-12-07: 27 minutes for the first "
-        "five, 6 more for the other five; run on a quiet machine — the load average is recorded with each "
-        "result):",
+        "five, 6 more for the next five and 6.5 for `threads.py`; run on a quiet machine — the load average is "
+        "recorded with each result):",
         "",
         "```bash",
         'pip install -e ".[bench]"',
