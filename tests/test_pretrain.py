@@ -122,6 +122,46 @@ def test_ddp_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
     assert outcomes == ["NonFiniteLossError"] * 2
 
 
+def _ddp_signal_on_rank_1(rank: int, world: int, port: int, out: str, log_every: int) -> None:
+    """Rank 1 gets a SIGTERM during its second step; each rank writes what it stopped with, and at which step."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from vitmsn import distributed
+    from vitmsn.msn import train
+    from vitmsn.training import TrainingInterrupted
+
+    step = train.train_step
+
+    def signalled_step(state, *a, **k):
+        res = step(state, *a, **k)
+        if rank == 1 and state.step == 2:  # a SIGTERM to this process alone, during its second step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return res
+
+    train.train_step = signalled_step
+    try:
+        train.pretrain(tiny_config(Path(out), log_every=log_every), device="cpu", progress=False, dataset=Shapes())
+        outcome = "finished"
+    except TrainingInterrupted as e:
+        outcome = f"{type(e).__name__} {e}".split(";")[0]
+    finally:
+        distributed.shutdown()
+    Path(out, f"rank{rank}.txt").write_text(outcome)
+
+
+@pytest.mark.parametrize("log_every", [1, 100])
+def test_ddp_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, log_every):
+    """A SIGTERM to one process stops all of them at the same step, with a checkpoint of it: at once when that
+    step is a logging step (its flags are read then), else one step later (StepChecks reads them late)."""
+    mp.start_processes(_ddp_signal_on_rank_1, args=(2, _free_port(), str(tmp_path), log_every), nprocs=2,
+                       start_method="spawn")
+    stop = 2 if log_every == 1 else 3
+    outcomes = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert outcomes == [f"TrainingInterrupted stopped at step {stop}"] * 2
+    assert load_checkpoint(tmp_path / "checkpoints" / "latest.pt")["step"] == stop
+
+
 # A bias followed by BatchNorm has a gradient of exactly zero (BatchNorm removes any constant shift), so in
 # fp32 AdamW turns its rounding noise into updates of +-lr; these tensors (and the BatchNorm running means
 # that follow them) are not comparable between two ways of summing the same numbers.

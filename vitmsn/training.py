@@ -257,9 +257,10 @@ class StopRequests:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, announce: bool = True):
+    def __init__(self, announce: bool = True, when: str = "after this step"):
         self.signum: int | None = None
         self.announce = announce
+        self.when = when  # in the announcement: when the loop stops
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequests:
@@ -302,7 +303,7 @@ class StopRequests:
         self.signum = signum
         if self.announce:  # os.write: safe whatever the interrupted code was doing (tqdm, logging)
             again = " (Ctrl-C again to stop at once, without one)" if signum == signal.SIGINT else ""
-            os.write(2, f"\n{signal.Signals(signum).name}: stopping after this step to save a checkpoint{again}\n"
+            os.write(2, f"\n{signal.Signals(signum).name}: stopping {self.when} to save a checkpoint{again}\n"
                      .encode())
 
 

@@ -460,7 +460,9 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
     saved_step = state.step if resume else -1  # the step latest.pt holds
     # SIGINT / SIGTERM: finish the step, save latest.pt as a mid-epoch checkpoint, raise TrainingInterrupted
     checks = StepChecks(dev)
-    with StopRequests(announce=main) as stop, dist.tf32_matmuls(dev, cfg.tf32):
+    # (many processes agree on the step to stop at through the flags of StepChecks, read one step late)
+    when = "after this step" if W == 1 else "after the next step"
+    with StopRequests(announce=main, when=when) as stop, dist.tf32_matmuls(dev, cfg.tf32):
         try:
             while state.step < total_steps:
                 epoch, start_batch = divmod(state.step, steps_per_epoch)
