@@ -77,15 +77,18 @@ def test_convert_is_a_no_op_in_one_process():
 
 
 def test_tf32_switch_restores_and_skips_the_cpu():
-    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    with dist.tf32_matmuls(torch.device("cpu"), True):
-        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
-    torch.backends.cuda.matmul.allow_tf32 = False
+    matmul = torch.backends.cuda.matmul
+    attr = "fp32_precision" if hasattr(matmul, "fp32_precision") else "allow_tf32"
+    on, off = ("tf32", "ieee") if attr == "fp32_precision" else (True, False)
+    before = getattr(matmul, attr)
     try:
-        with dist.tf32_matmuls(torch.device("cuda"), True):  # sets the flags only: runs without a GPU
-            assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
-        assert not torch.backends.cuda.matmul.allow_tf32
+        setattr(matmul, attr, off)
+        with dist.tf32_matmuls(torch.device("cpu"), True):
+            assert getattr(matmul, attr) == off
+        with dist.tf32_matmuls(torch.device("cuda"), True):  # sets the flag only: runs without a GPU
+            assert getattr(matmul, attr) == on
+        assert getattr(matmul, attr) == off
         with dist.tf32_matmuls(torch.device("cuda"), False):
-            assert not torch.backends.cuda.matmul.allow_tf32
+            assert getattr(matmul, attr) == off
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+        setattr(matmul, attr, before)

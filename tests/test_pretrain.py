@@ -513,6 +513,39 @@ def test_adamw_falls_back_without_a_fused_kernel(monkeypatch):
         skip_if_non_finite(plain, torch.tensor(float("inf")), 7)
 
 
+@pytest.mark.parametrize("saved_fused", [False, True])
+def test_optimizer_state_from_the_other_implementation(monkeypatch, saved_fused):
+    """A checkpoint's optimizer state written by the other AdamW implementation (fused or not) loads into
+    this one without taking over its implementation, and the next step runs (a finite loss, then a nan)."""
+    from vitmsn.training import adamw, load_optimizer_state, skip_if_non_finite
+
+    def make(fused: bool):
+        p = torch.nn.Parameter(torch.ones(3))
+        if not fused:
+            real = torch.optim.AdamW
+            monkeypatch.setattr(torch.optim, "AdamW", lambda *a, fused=None, **k: real(*a, **k))
+        opt = adamw([{"params": [p], "lr_scale": 0.5}], 1e-2, torch.device("cpu"))
+        monkeypatch.undo()
+        return p, opt
+
+    p, saver = make(saved_fused)
+    p.grad = torch.ones(3)
+    saver.step()
+    q, opt = make(not saved_fused)
+    load_optimizer_state(opt, saver.state_dict())
+    assert all(bool(g.get("fused")) == (not saved_fused) for g in opt.param_groups)
+    q.grad = torch.ones(3)
+    skip_if_non_finite(opt, torch.tensor(1.0), 1)
+    opt.step()
+    assert torch.isfinite(q).all() and not torch.equal(q, torch.ones(3))
+    if not saved_fused:  # now fused: a nan step is skipped on the device
+        before = q.detach().clone()
+        q.grad = torch.full((3,), float("nan"))
+        assert skip_if_non_finite(opt, torch.tensor(float("nan")), 2)
+        opt.step()
+        assert torch.equal(q, before)
+
+
 @pytest.mark.parametrize("name", ["vit-small/16", "vit-base/16", "vit-large/16", "vit-base/4", "vit-large/7",
                                   "fashion-mnist"])
 def test_presets_build_and_train_one_step(name):

@@ -45,8 +45,12 @@ def init_from_env(device: str | None = None) -> torch.device:
             if not is_initialized():
                 dist.init_process_group(backend="gloo", timeout=timedelta(minutes=30))
             return torch.device("cpu")
+        local_rank, count = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+        if count > 1 and local_rank >= count:
+            raise ValueError(f"LOCAL_RANK {local_rank}, but this machine shows {count} GPUs: start at most one "
+                             f"process per GPU (torchrun --nproc_per_node {count})")
         # a launcher that shows each process only its own GPU (one per task) leaves LOCAL_RANK beyond the count
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % max(torch.cuda.device_count(), 1))
+        dev = torch.device("cuda", local_rank if count > 1 else 0)
         torch.cuda.set_device(dev)
         if not is_initialized():
             try:  # bound to its GPU from the start (torch >= 2.3): NCCL set up at once, barriers know the GPU
@@ -89,20 +93,25 @@ def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
 
 @contextlib.contextmanager
 def tf32_matmuls(device: torch.device, enabled: bool) -> Iterator[None]:
-    """TensorFloat-32 fp32 matmuls and convolutions on a CUDA ``device`` while inside (restored on exit).
+    """TensorFloat-32 fp32 matmuls on a CUDA ``device`` while inside (restored on exit).
 
     On NVIDIA Ampere or newer GPUs they run several times fp32's speed at about 1e-3 relative precision,
     which training tolerates (bf16 autocast is coarser); no effect on the CPU or on older GPUs. The setting
-    is process-wide, so it is on only for the duration of the training function that asks for it."""
+    is process-wide, so it is on only for the duration of the training function that asks for it. Set
+    through ``torch.backends.cuda.matmul.fp32_precision`` where torch has it (mixing it with the older
+    ``allow_tf32`` flag is an error in newer torch), else through ``allow_tf32``. Disabled: torch's own
+    setting stays (full fp32 unless the process chose otherwise)."""
     if device.type != "cuda" or not enabled:
         yield
         return
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    matmul = torch.backends.cuda.matmul
+    attr = "fp32_precision" if hasattr(matmul, "fp32_precision") else "allow_tf32"
+    saved = getattr(matmul, attr)
+    setattr(matmul, attr, "tf32" if attr == "fp32_precision" else True)
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        setattr(matmul, attr, saved)
 
 
 def native_bf16() -> bool:
@@ -214,7 +223,7 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
                 self.running_mean.mul_(1 - m).add_(mean.detach() * m)
                 self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)) * m)
         y = (x.to(dt) - mean) * torch.rsqrt(var + self.eps)
-        return y * self.weight + self.bias if self.affine else y
+        return (y * self.weight + self.bias if self.affine else y).to(x.dtype)
 
 
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:

@@ -330,6 +330,23 @@ def adamw(groups: list[dict[str, Any]], lr: float, device: torch.device) -> torc
     return torch.optim.AdamW(groups, lr=lr)
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, keeping this optimizer's implementation: the saved parameter
+    groups carry the saving optimizer's ``fused`` / ``foreach`` (a checkpoint written where the fused kernel
+    was missing, or before it was used), which would otherwise replace this one's, and a fused optimizer
+    needs its step counts as float32 on the parameters' device."""
+    optimizer.load_state_dict(state)
+    fused = optimizer.defaults.get("fused")
+    for group in optimizer.param_groups:
+        for key in ("fused", "foreach"):
+            if key in optimizer.defaults:
+                group[key] = optimizer.defaults[key]
+    if fused:
+        for p, st in optimizer.state.items():
+            if torch.is_tensor(st.get("step")):
+                st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
+
+
 def skip_if_non_finite(optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int) -> torch.Tensor:
     """Whether ``loss`` (a tensor of the step's loss terms) is not all finite, as a () bool on its device;
     if so, the next ``optimizer.step()`` changes nothing. A fused optimizer skips that step on the device
@@ -337,7 +354,7 @@ def skip_if_non_finite(optimizer: torch.optim.Optimizer, loss: torch.Tensor, ste
     the flag later (:class:`StepChecks`). Any other optimizer is checked here, at once, raising
     :class:`NonFiniteLossError`."""
     non_finite = ~torch.isfinite(loss.detach()).all()
-    if optimizer.defaults.get("fused"):
+    if all(group.get("fused") for group in optimizer.param_groups):
         optimizer.found_inf = non_finite.float()  # the fused kernel leaves weights and moments as they are
     elif bool(non_finite):  # on a GPU this waits for the device
         raise NonFiniteLossError(f"the loss became {loss.detach().flatten()[0].item()} at step {step}")
@@ -374,7 +391,7 @@ class StepChecks:
             host = torch.empty(3, pin_memory=True)
             host.copy_(flags, non_blocking=True)
             event = torch.cuda.Event()
-            event.record()
+            event.record(torch.cuda.current_stream(flags.device))  # the stream the copy was queued on
             flags = host
         previous, self._pending = self._pending, (step, flags, event)
         return self._read(previous)

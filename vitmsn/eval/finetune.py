@@ -57,6 +57,7 @@ from vitmsn.training import (
     adamw,
     ignore_sigint,
     load_checkpoint,
+    load_optimizer_state,
     load_weights_into,
     non_finite_advice,
     rng_state,
@@ -649,7 +650,7 @@ def finetune(
     if state is not None:  # resume
         load_weights_into(net, state["model"], out / "checkpoints" / LATEST, "its run's finetune.json says which "
                           "model it fine-tunes")
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"])
         step, best_epoch = int(state["step"]), int(state["best_epoch"])
         best_acc, best_loss = float(state["best_acc"]), float(state["best_loss"])
         history, running = list(state["history"]), list(state["running"])

@@ -45,6 +45,7 @@ from vitmsn.training import (
     adamw,
     ignore_sigint,
     load_checkpoint,
+    load_optimizer_state,
     load_weights_into,
     non_finite_advice,
     rng_state,
@@ -223,7 +224,7 @@ class MSNState:
         load_weights_into(self.target, state["target"], source, fix)
         with torch.no_grad():
             self.prototypes.weight.copy_(state["prototypes"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.step = int(state["step"])
         set_rng_state(state["rng"], self.prototypes.weight.device)
 
