@@ -11,6 +11,7 @@ import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from tests.conftest import leave_worker
 from vitmsn import distributed as dist
 
 
@@ -55,6 +56,7 @@ def _bn_worker(rank: int, world: int, init_file: str) -> None:
             close(ours.running_var, ref.running_var, f"running var (mean {mean})")
     finally:
         torch_dist.destroy_process_group()
+    leave_worker()
 
 
 def _forward_rows(ref: nn.BatchNorm1d, x64: torch.Tensor, rows: slice) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.conftest import leave_worker
 from vitmsn.msn.losses import (
     MSNLoss,
     global_mean,
@@ -496,6 +497,7 @@ def _ddp_worker(rank: int, world_size: int, init_file: str) -> None:
         torch.testing.assert_close(a_loc.grad / world_size, a_full.grad[rows])
     finally:
         dist.destroy_process_group()
+    leave_worker()
 
 
 def test_ddp_all_reduce_semantics():

@@ -19,6 +19,7 @@ import torch
 import torch.multiprocessing as mp
 from PIL import Image
 
+from tests.conftest import leave_worker
 from vitmsn.msn.config import PretrainConfig, preset
 from vitmsn.training import load_checkpoint
 
@@ -85,6 +86,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, kw: dict, dtype: tor
 
         if dist.is_initialized():
             dist.destroy_process_group()
+    leave_worker()
 
 
 def _ddp_nan_on_rank_1(rank: int, world: int, port: int, out: str) -> None:
@@ -112,6 +114,7 @@ def _ddp_nan_on_rank_1(rank: int, world: int, port: int, out: str) -> None:
     finally:
         distributed.shutdown()
     Path(out, f"rank{rank}.txt").write_text(outcome)
+    leave_worker()
 
 
 def test_ddp_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
@@ -148,6 +151,7 @@ def _ddp_signal_on_rank_1(rank: int, world: int, port: int, out: str, log_every:
     finally:
         distributed.shutdown()
     Path(out, f"rank{rank}.txt").write_text(outcome)
+    leave_worker()
 
 
 @pytest.mark.parametrize("log_every", [1, 100])
