@@ -438,6 +438,39 @@ def copy_moments(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [t.clone() for st in optimizer.state.values() for t in st.values()]
 
 
+class _NanGradient(torch.autograd.Function):
+    """The identity whose backward gives nan: a finite loss with non-finite gradients."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+@pytest.mark.parametrize("log_every", [1, 100])
+def test_non_finite_gradient_with_a_finite_loss_stops_the_run(tmp_path, monkeypatch, log_every):
+    """Gradients that became nan under a finite loss (clipping on, as by default): no update, and the run stops
+    saying it was the gradient, before any checkpoint."""
+    from vitmsn.msn import train
+    from vitmsn.training import NonFiniteLossError
+
+    build = train.build_criterion
+
+    def criterion(cfg):
+        crit = build(cfg)
+        return lambda *a, **k: (lambda out: out._replace(loss=_NanGradient.apply(out.loss)))(crit(*a, **k))
+
+    monkeypatch.setattr(train, "build_criterion", criterion)
+    cfg = tiny_config(tmp_path / "g", max_steps=3, log_every=log_every)
+    assert cfg.clip_grad > 0
+    with pytest.raises(NonFiniteLossError, match=r"the gradient became non-finite at step 0 \(loss [0-9.]+\); no "
+                                                 "checkpoint was written"):
+        train.pretrain(cfg, device="cpu", progress=False, dataset=Shapes())
+
+
 def test_nan_at_the_last_step_writes_no_checkpoint(tmp_path, monkeypatch):
     """Read late or not, a non-finite last step stops the run before the checkpoint it would have written."""
     from vitmsn.msn.train import pretrain

@@ -347,17 +347,25 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
                 st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
 
 
-def skip_if_non_finite(optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int) -> torch.Tensor:
-    """Whether ``loss`` (a tensor of the step's loss terms) is not all finite, as a () bool on its device;
-    if so, the next ``optimizer.step()`` changes nothing. A fused optimizer skips that step on the device
-    (``found_inf``, as under a gradient scaler), without the host waiting for the device: the caller reads
-    the flag later (:class:`StepChecks`). Any other optimizer is checked here, at once, raising
-    :class:`NonFiniteLossError`."""
-    non_finite = ~torch.isfinite(loss.detach()).all()
+def non_finite_message(loss: float, step: int) -> str:
+    """What broke down at ``step``: the loss, or (with a finite loss) the gradient."""
+    if math.isfinite(loss):
+        return f"the gradient became non-finite at step {step} (loss {loss})"
+    return f"the loss became {loss} at step {step}"
+
+
+def skip_if_non_finite(optimizer: torch.optim.Optimizer, checked: torch.Tensor, step: int) -> torch.Tensor:
+    """Whether ``checked`` (the step's loss first, then its other terms and the gradient norm, when clipped) is
+    not all finite, as a () bool on its device; if so, the next ``optimizer.step()`` changes nothing. A fused
+    optimizer skips that step on the device (``found_inf``, as under a gradient scaler), without the host
+    waiting for the device: the caller reads the flag later (:class:`StepChecks`). Any other optimizer is
+    checked here, at once, raising :class:`NonFiniteLossError`."""
+    checked = checked.detach().flatten()
+    non_finite = ~torch.isfinite(checked).all()
     if all(group.get("fused") for group in optimizer.param_groups):
         optimizer.found_inf = non_finite.float()  # the fused kernel leaves weights and moments as they are
     elif bool(non_finite):  # on a GPU this waits for the device
-        raise NonFiniteLossError(f"the loss became {loss.detach().flatten()[0].item()} at step {step}")
+        raise NonFiniteLossError(non_finite_message(checked[0].item(), step))
     return non_finite
 
 
@@ -410,7 +418,7 @@ class StepChecks:
             event.synchronize()
         non_finite, loss, signum = flags.tolist()
         if non_finite:
-            raise NonFiniteLossError(f"the loss became {loss} at step {step}")
+            raise NonFiniteLossError(non_finite_message(loss, step))
         return int(signum)
 
 

@@ -60,6 +60,7 @@ from vitmsn.training import (
     load_optimizer_state,
     load_weights_into,
     non_finite_advice,
+    non_finite_message,
     rng_state,
     save_checkpoint,
     seed_everything,
@@ -672,9 +673,9 @@ def finetune(
         A non-finite loss stops the run here (its update was skipped, see :func:`skip_if_non_finite`)."""
         nonlocal unread
         rows, steps, unread = torch.stack([v for _, _, v in unread]).tolist(), unread, []
-        for (at, n, _), (loss_value, _, correct) in zip(steps, rows, strict=True):
-            if not math.isfinite(loss_value):
-                raise NonFiniteLossError(f"the loss became {loss_value} at step {at}")
+        for (at, n, _), (loss_value, grad_norm, correct) in zip(steps, rows, strict=True):
+            if not math.isfinite(loss_value) or (clip_grad and not math.isfinite(grad_norm)):
+                raise NonFiniteLossError(non_finite_message(loss_value, at))
             running[0] += loss_value * n
             running[1] += int(correct)
             running[2] += n
@@ -721,7 +722,8 @@ def finetune(
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     norm = torch.nn.utils.clip_grad_norm_(net.parameters(), clip_grad) if clip_grad else None
-                    skip_if_non_finite(optimizer, loss, step)  # a non-finite loss changes no weight
+                    # a non-finite loss (or, when clipped, gradient norm) changes no weight
+                    skip_if_non_finite(optimizer, loss.reshape(1) if norm is None else torch.stack([loss, norm]), step)
                     optimizer.step()
                     # the step's numbers stay on the device until the host reads them (read_steps): on logging
                     # steps (the end of an epoch is one) and before a checkpoint; a GPU is not waited for between

@@ -344,7 +344,7 @@ class StepResult(NamedTuple):
 
     out: MSNLossOutput  # this process's loss terms (``out.loss`` carries the graph until backward)
     terms: torch.Tensor  # (3,) loss, ce, entropy of the global batch (mean over processes), detached
-    non_finite: torch.Tensor  # () bool: the global batch's loss was NaN or inf, and the step changed no weight
+    non_finite: torch.Tensor  # () bool: the loss (or the clipped gradient's norm) was NaN or inf: no update
     grad_norm: torch.Tensor  # before clipping (nan without clipping)
     lr: float
     wd: float
@@ -390,11 +390,14 @@ def train_step(state: MSNState, cfg: PretrainConfig, criterion: MSNLoss, sched: 
     terms = dist.all_reduce_mean_(torch.stack([out.loss, out.ce, out.entropy]).detach())  # (3,)
     state.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
-    non_finite = skip_if_non_finite(state.optimizer, terms, step)  # (), the same on every process
     if state.prototypes.weight.grad is not None:
         dist.all_reduce_sum_(state.prototypes.weight.grad)
-    grad_norm = torch.nn.utils.clip_grad_norm_(state.online.parameters(), cfg.clip_grad) \
-        if cfg.clip_grad > 0 else terms.new_tensor(float("nan"))
+    clip = cfg.clip_grad > 0
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.online.parameters(), cfg.clip_grad) if clip \
+        else terms.new_tensor(float("nan"))
+    # a non-finite loss (or, when clipped, gradient norm) changes no weight; (), the same on every process
+    checked = torch.cat([terms, grad_norm.reshape(1).to(terms.dtype)]) if clip else terms
+    non_finite = skip_if_non_finite(state.optimizer, checked, step)
     state.optimizer.step()
 
     # Step 3: momentum update of the target encoder and head
