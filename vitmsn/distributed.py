@@ -157,13 +157,19 @@ def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_max_(t: torch.Tensor) -> torch.Tensor:
+    """In-place element-wise maximum over processes (no autograd)."""
+    if is_initialized() and world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
 def max_over_processes(n: int, device: torch.device | str) -> int:
     """The largest of each process's ``n`` (every process must call it; ``n`` itself in one process)."""
     if not (is_initialized() and world_size() > 1):
         return int(n)
-    t = torch.full((), int(n), dtype=torch.int64, device=device)  # a fill, not a host-to-GPU copy (no sync)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t)
+    # a fill, not a host-to-GPU copy (no sync)
+    return int(all_reduce_max_(torch.full((), int(n), dtype=torch.int64, device=device)))
 
 
 def all_reduce_mean_(t: torch.Tensor) -> torch.Tensor:

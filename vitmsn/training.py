@@ -381,8 +381,7 @@ class StepChecks:
     skipped it on the device). On the CPU the flags are ready when pushed; reading them late keeps one path.
     """
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
+    def __init__(self) -> None:
         self._pending: tuple[int, torch.Tensor, Any] | None = None  # (step, host flags, CUDA event)
 
     def push(self, step: int, non_finite: torch.Tensor, loss: torch.Tensor, signum: int) -> int:
@@ -390,10 +389,8 @@ class StepChecks:
         ``signum``: this process's stop signal or 0); return the largest signal of the step before (0: none)."""
         from vitmsn import distributed as dist
 
-        flags = torch.stack([non_finite.float(), loss.detach().float(),
-                             torch.full((), float(signum), device=loss.device)])  # (3,)
-        if dist.world_size() > 1:
-            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        flags = dist.all_reduce_max_(torch.stack([non_finite.float(), loss.detach().float(),
+                                                  torch.full((), float(signum), device=loss.device)]))  # (3,)
         event = None
         if flags.device.type == "cuda":
             host = torch.empty(3, pin_memory=True)

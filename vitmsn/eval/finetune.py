@@ -722,14 +722,16 @@ def finetune(
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     norm = torch.nn.utils.clip_grad_norm_(net.parameters(), clip_grad) if clip_grad else None
-                    # a non-finite loss (or, when clipped, gradient norm) changes no weight
-                    skip_if_non_finite(optimizer, loss.reshape(1) if norm is None else torch.stack([loss, norm]), step)
-                    optimizer.step()
-                    # the step's numbers stay on the device until the host reads them (read_steps): on logging
-                    # steps (the end of an epoch is one) and before a checkpoint; a GPU is not waited for between
-                    unread.append((step, len(labels), torch.stack([
+                    # (3,) loss, grad norm (nan without clipping), correct predictions: they stay on the device
+                    # until the host reads them (read_steps), on logging steps (the end of an epoch is one) and
+                    # before a checkpoint; a GPU is not waited for between
+                    step_numbers = torch.stack([
                         loss.detach().float(), norm.float() if norm is not None else loss.new_full((), float("nan")),
-                        (logits.detach().argmax(-1) == labels).sum().float()])))  # fmt: skip
+                        (logits.detach().argmax(-1) == labels).sum().float()])  # fmt: skip
+                    # a non-finite loss (or, when clipped, gradient norm) changes no weight
+                    skip_if_non_finite(optimizer, step_numbers[: 1 if norm is None else 2], step)
+                    optimizer.step()
+                    unread.append((step, len(labels), step_numbers))
                     step += 1
                     seen += len(labels)
                     bar.update(1)

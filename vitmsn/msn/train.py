@@ -463,7 +463,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
     t0, seen, skipped_here, warned = time.perf_counter(), 0, 0, set()
     saved_step = state.step if resume else -1  # the step latest.pt holds
     # SIGINT / SIGTERM: finish the step, save latest.pt as a mid-epoch checkpoint, raise TrainingInterrupted
-    checks = StepChecks(dev)
+    checks = StepChecks()
     # (many processes agree on the step to stop at through the flags of StepChecks, read one step late)
     when = "after this step" if W == 1 else "after the next step"
     with StopRequests(announce=main, when=when) as stop, dist.tf32_matmuls(dev, cfg.tf32):
