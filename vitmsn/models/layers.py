@@ -82,8 +82,9 @@ except (AttributeError, RuntimeError):  # a build of torch without oneDNN
 #: tokens a block processes at once in CPU inference (whole images: at least one image per chunk), for
 #: inputs of more than CHUNK_ABOVE tokens whose MLP activation (tokens x mlp hidden, fp32) is larger than
 #: CHUNK_MIN_BYTES. bench/ab.py on two CPUs: chunks help at ViT batch 32 (6304 tokens) and cost 0.5-9 % at
-#: batch 8 (1576 tokens); bench/parts.py (rows ``target``): they cost ~7 % on the fashion-mnist preset's
-#: EMA target (2176 tokens, but a 4.4 MB activation, hidden size 128), so small activations run whole.
+#: batch 8 (1576 tokens); bench/parts.py (rows ``target``): they gain nothing beyond the spread on the
+#: fashion-mnist preset's EMA target (2176 tokens, but a 4.4 MB activation, hidden size 128), so small
+#: activations run whole.
 CHUNK_TOKENS = 1024
 CHUNK_ABOVE = 2 * CHUNK_TOKENS
 CHUNK_MIN_BYTES = 16 << 20
@@ -233,10 +234,11 @@ class PatchEmbed(nn.Module):
     """Non-overlapping p x p patches -> D-dimensional tokens.
 
     The weights are those of a strided convolution (``proj``, as every ViT checkpoint stores them); the
-    computation is the same product written as a reshape and one matmul, faster than the convolution on
-    CPU, forward and backward (``bench/parts.py``, rows ``patch``: ViT-S/16 at 224 and 96 px, the
-    fashion-mnist preset's 7 x 7 patches; the outputs agree to ~2e-6). Like the convolution, it ignores the pixels of an incomplete
-    last row or column of patches.
+    computation is the same product written as a reshape and one matmul, on CPU about as fast as the
+    convolution, forward and backward (``bench/parts.py``, rows ``patch``: faster on the fashion-mnist preset's
+    7 x 7 patches and ViT-S/16 at 224 px; at 96 px the convolution was ahead in three runs of four, by 1-5
+    percent). The outputs agree to ~2e-6. Like the convolution, it ignores the pixels of an incomplete last
+    row or column of patches.
     """
 
     def __init__(self, num_channels: int, hidden_size: int, patch_size: tuple[int, int]):

@@ -80,8 +80,8 @@ class PretrainConfig:
     # speed, ~1e-3 relative precision); no effect on the CPU
     tf32: bool = True
     # torch.compile the online network and the target (opt-in): the first steps wait for the compilation
-    # (a minute or more). On 2 CPU cores, bench/pretrain_step.py --compile measured it faster on the
-    # fashion-mnist preset and slower on ViT-S/16; not measured on a GPU here
+    # (a minute or more). On 2 CPU cores, bench/pretrain_step.py --compile measured it ~10 % faster on the
+    # fashion-mnist preset and no faster on ViT-S/16 (slower in three runs of four); not measured on a GPU
     compile: bool = False
     seed: int = 0
     # -- logging and checkpoints
