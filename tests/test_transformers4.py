@@ -78,6 +78,21 @@ def test_transformers4_checkpoints_and_head_mask(refs, cls_name, fmt):
         close(model(x).pooler_output, r[cls_name]["plain"]["pooler_output"])
 
 
+@pytest.mark.parametrize("cls_name", CLASSES)
+def test_transformers4_state_dict_through_load_state_dict(refs, cls_name):
+    """transformers 4.x's pytorch_model.bin is its model's state_dict(): it loads with load_state_dict too."""
+    out, r = refs
+    folder = out / f"{cls_name}_bin"
+    cfg_cls = vitmsn.ViTMSNConfig if "MSN" in cls_name else vitmsn.ViTConfig
+    model = getattr(vitmsn, cls_name)(cfg_cls.from_pretrained(folder)).eval()
+    state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    assert any(".attention.attention.query." in k for k in state)  # 4.x's own names
+    result = model.load_state_dict(state)
+    assert not result.missing_keys and not result.unexpected_keys
+    with torch.no_grad():
+        close(getattr(model(r["x"]), FIRST[cls_name]), r[cls_name]["plain"][FIRST[cls_name]])
+
+
 def test_head_mask_changes_output(refs):
     """The reference itself: masking a head changes the output (so the comparison above means something)."""
     _, r = refs

@@ -2,7 +2,7 @@
 
 Each class is a thin shell over :class:`~vitmsn.models.vit.VisionTransformer`. Checkpoint files are read
 and written in transformers' layout by :mod:`vitmsn.checkpoints`; the names of parameters in memory are
-this library's own.
+this library's own (``load_state_dict`` takes transformers' names as well).
 """
 
 from __future__ import annotations
@@ -290,6 +290,34 @@ class PreTrainedModel(PushToHubMixin, nn.Module):
         if push_to_hub and is_main_process:
             self._push_saved(save_directory, kwargs, safe_serialization=safe_serialization)
         return path
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict`` that also takes transformers' names for this class's tensors.
+
+        A state dict of the transformers model of the same class (``model.state_dict()`` there, in transformers
+        4.x's layout or 5.x's, or a weights file read with ``safetensors.torch.load_file``) loads as it would
+        into that model, so code that moves weights with ``load_state_dict`` keeps working after the import
+        changes. ``state_dict()`` itself gives this library's names; the missing and unexpected keys returned
+        (and raised with ``strict``) are in those names too, apart from unexpected keys that have no
+        counterpart here, which keep the caller's.
+        """
+        own = self.state_dict(keep_vars=True)
+        if all(k in own for k in state_dict):
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        from vitmsn.checkpoints import hf_to_internal, model_state_dict
+
+        internal, unknown, _ = hf_to_internal(dict(state_dict))
+        prefix = model_state_dict(self)[1] if hasattr(self, "vit") else ""
+        named = {k if k.startswith(("classifier.", "decoder.")) else prefix + k: v for k, v in internal.items()}
+        result = super().load_state_dict(named, strict=False, assign=assign)  # size mismatches raise here
+        result.unexpected_keys.extend(unknown)
+        if strict and (result.missing_keys or result.unexpected_keys):
+            lines = [f"Error(s) in loading state_dict for {type(self).__name__}:"]
+            for what, keys in (("Missing", result.missing_keys), ("Unexpected", result.unexpected_keys)):
+                if keys:
+                    lines.append(f"\t{what} key(s) in state_dict: {', '.join(repr(k) for k in keys)}.")
+            raise RuntimeError("\n".join(lines))
+        return result
 
     @classmethod
     def from_timm(cls, state_dict_or_model: dict[str, torch.Tensor] | nn.Module, config: ViTConfig | None = None,
