@@ -11,6 +11,9 @@ Interleaved A/B pairs (median ms per call), each the choice vitmsn made and what
 - ``patch``: the patch embedding as reshape + matmul against the strided convolution, forward + backward
   (the weight gradient), for the preset's 28 px images with 7 x 7 patches (batch 128) and ViT-S/16's 224 px
   (batch 8) and 96 px (batch 80) views;
+- ``train linear``: a linear layer in training, forward + backward, as ``_TrainLinear`` (oneDNN's forward and
+  input gradient, MKL's weight gradient) against ``F.linear``, on the preset's fc1 (128 -> 512, below
+  ``TRAIN_MIN_FEATURES``: vitmsn runs ``F.linear`` there) and ViT-S/16's fc1, fc2 and qkv on its anchors' tokens;
 - ``attention``: SDPA against the explicit ``softmax(q k^T) v``, forward + backward (with a dense upstream
   gradient, see bench/notes.md on why not a sum's) for training and forward alone for inference, with q, k
   and v views of one projection as the model makes them, on the preset's sequences (random anchors: 9
@@ -104,6 +107,29 @@ def _pairs(quick: bool) -> dict[str, dict[str, Any]]:
             "reshape + matmul": fwd_bwd(lambda m, x: m(x)),
             "convolution": fwd_bwd(lambda m, x: m.proj(x).flatten(2).transpose(1, 2)),
         }
+
+    # linear layers in training, forward + backward (input, weight and bias gradients): (tokens, in, out);
+    # the preset's fc1 on its random anchors, ViT-S/16's fc1 and fc2 on the focal anchors (80 x 37 tokens)
+    # and its qkv on the random anchors (8 x 167)
+    linears = [("fc1", cfg.batch_size * 9, cfg.hidden_size, cfg.intermediate_size)]
+    if not quick:
+        linears += [("ViT-S fc1", 2960, 384, 1536), ("ViT-S fc2", 2960, 1536, 384), ("ViT-S qkv", 1336, 384, 1152)]
+    for name, tokens, d_in, d_out in linears:
+        layer = torch.nn.Linear(d_in, d_out)
+        x = torch.randn(tokens, d_in, requires_grad=True)
+        grad = torch.randn(tokens, d_out)
+
+        def train_linear(fn, layer=layer, x=x, grad=grad):
+            def run():
+                fn(x, layer.weight, layer.bias).backward(grad)
+
+            return run
+
+        cases = {"oneDNN forward + input gradient": train_linear(layers._TrainLinear.apply),
+                 "F.linear": train_linear(F.linear)}
+        if min(d_in, d_out) < layers.TRAIN_MIN_FEATURES:  # vitmsn ships F.linear there: first
+            cases = dict(reversed(cases.items()))
+        pairs[f"train linear {name} {tokens}x{d_in}->{d_out}"] = cases
 
     def explicit(q, k, v):
         return ((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5).softmax(-1) @ v

@@ -1,4 +1,4 @@
-"""The oneDNN path of CPU inference (vitmsn/models/layers.py) computes what the plain path computes.
+"""The oneDNN paths of CPU inference and training (vitmsn/models/layers.py) compute what the plain path computes.
 
 Fused linear + bias + GELU, pre-packed weights and token chunks change only the summation order: outputs
 stay within 1e-5 of transformers and of vitmsn's own plain ``F.linear`` path.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 
 import pytest
 import torch
@@ -168,3 +169,73 @@ def test_classifier_on_a_large_batch_matches_transformers(tmp_path_factory):
         expected = ref(x).logits
         torch.testing.assert_close(ours(x).logits, expected, atol=ATOL, rtol=0)
     torch.testing.assert_close(plain(ours, x).logits, expected, atol=ATOL, rtol=0)
+
+
+# ------------------------------------------------------------------------ training: oneDNN's products
+
+
+def test_training_linear_matches_f_linear_forward_backward_and_double_backward():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(384, 512)
+    for shape, bias in (((4, 37, 384), True), ((50, 384), False)):
+        if not bias:
+            lin = torch.nn.Linear(384, 512, bias=False)
+        x = torch.randn(*shape, requires_grad=True)
+        y = layers.linear(x, lin)
+        assert type(y.grad_fn).__name__ == "_TrainLinearBackward"
+        g = torch.randn(*shape[:-1], 1024)[..., ::2]  # a non-contiguous upstream gradient
+        wanted = (x, lin.weight) + ((lin.bias,) if bias else ())
+        got = torch.autograd.grad(y, wanted, g)
+        with layers.fast_cpu_inference(False):
+            y_ref = layers.linear(x, lin)
+            assert type(y_ref.grad_fn).__name__ != "_TrainLinearBackward"
+            ref = torch.autograd.grad(y_ref, wanted, g)
+        torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+        for a, b in zip(got, ref, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+    # create_graph: a second derivative through the layer, as with F.linear
+    x = torch.randn(3, 384, requires_grad=True)
+    (gx,) = torch.autograd.grad(layers.linear(x, lin).square().sum(), x, create_graph=True)
+    (h,) = torch.autograd.grad(gx.sum(), x)
+    with layers.fast_cpu_inference(False):
+        (gx_ref,) = torch.autograd.grad(layers.linear(x, lin).square().sum(), x, create_graph=True)
+        (h_ref,) = torch.autograd.grad(gx_ref.sum(), x)
+    torch.testing.assert_close(h, h_ref, atol=1e-4, rtol=1e-5)
+
+
+def test_training_linear_only_where_it_applies():
+    x = torch.randn(5, 384, requires_grad=True)
+    big, small = torch.nn.Linear(384, 384), torch.nn.Linear(384, 128)
+    name = lambda y: type(y.grad_fn).__name__  # noqa: E731
+    assert name(layers.linear(x, big)) == "_TrainLinearBackward"
+    assert name(layers.linear(x, small)) != "_TrainLinearBackward"  # a side under TRAIN_MIN_FEATURES
+    assert name(layers.linear(x.double(), big.double())) != "_TrainLinearBackward"
+    big.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layers.linear(x, big)
+        assert y.dtype == torch.bfloat16 and name(y) != "_TrainLinearBackward"
+    # functorch transforms take F.linear
+    grads = torch.func.grad(lambda w: layers.linear(x, torch.nn.Linear(384, 384)).sum() * w)(torch.tensor(1.0))
+    assert torch.isfinite(grads)
+
+
+def test_training_step_of_a_wide_model_matches_transformers(tmp_path_factory, monkeypatch):
+    """Forward and gradients of a ViT whose linear layers take the oneDNN training path, against transformers."""
+    ref, path = save_hf(tmp_path_factory, "ViTMSNModel", "ViTMSNConfig", hidden_size=256, intermediate_size=512,
+                        num_attention_heads=4, num_hidden_layers=2, attn_implementation="eager")
+    ours = vitmsn.ViTMSNModel.from_pretrained(path).train()
+    calls = []
+    apply = layers._TrainLinear.apply
+    monkeypatch.setattr(layers._TrainLinear, "apply", lambda *a: calls.append(1) or apply(*a))
+    x = torch.randn(6, 3, 32, 32)
+    out = ours(x).last_hidden_state
+    assert len(calls) == 2 * 4  # qkv, proj, fc1, fc2 of both blocks (256 x 768, 256, 512)
+    expected = ref.train()(x).last_hidden_state
+    torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
+    out.square().mean().backward()
+    expected.square().mean().backward()
+    theirs = {k: p.grad for k, p in ref.named_parameters()}
+    fc2 = next(g for k, g in theirs.items() if re.search(r"layers?\.1\.(mlp\.fc2|output\.dense)\.weight$", k))
+    torch.testing.assert_close(ours.blocks[1].mlp.fc2.weight.grad, fc2, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ours.patch_embed.proj.weight.grad, theirs["embeddings.patch_embeddings.projection.weight"],
+                               atol=1e-5, rtol=1e-4)

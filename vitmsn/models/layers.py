@@ -69,9 +69,11 @@ class _SqrtSoftplus(nn.Module):  # "sqrtsoftplus"
 # fp32 arithmetic, another summation order: outputs differ from ``F.linear`` by a few ulp (~1e-6 on ViT-B).
 # bench/ab.py measures each part against the alternatives; docs/BENCHMARKS.md has the numbers.
 #
-# oneDNN's op has no autograd formula, so it is used only when no gradient is needed (``torch.no_grad`` /
-# ``torch.inference_mode``, or no input requiring grad), for fp32 CPU tensors, outside autocast and
-# torch.compile / tracing (which do their own fusions). Anything else takes ``F.linear``.
+# oneDNN's op has no autograd formula. The path above is taken only when no gradient is needed
+# (``torch.no_grad`` / ``torch.inference_mode``, or no input requiring grad). In training, linear layers of
+# at least TRAIN_MIN_FEATURES on both sides run as :class:`_TrainLinear` (oneDNN's forward and input
+# gradient, MKL's weight gradient). Both only for fp32 CPU tensors, outside autocast and torch.compile /
+# tracing (which do their own fusions). Anything else takes ``F.linear``.
 
 try:
     _LINEAR_POINTWISE = torch.ops.mkldnn._linear_pointwise.default
@@ -158,7 +160,8 @@ _is_exporting = getattr(getattr(torch, "compiler", None), "is_exporting", None) 
 
 
 def set_fast_cpu_inference(enabled: bool) -> bool:
-    """Turn the oneDNN path of CPU inference on or off (env ``VITMSN_FAST_CPU=0`` starts with it off).
+    """Turn the oneDNN paths of CPU inference and training on or off (env ``VITMSN_FAST_CPU=0`` starts with
+    them off; off, every linear layer runs ``F.linear``).
 
     Returns the previous setting.
     """
@@ -192,19 +195,67 @@ def unpacked_weights() -> Iterator[None]:
         _PACK = previous
 
 
-def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def _onednn_allowed(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether oneDNN's linear may run here at all: fp32 CPU tensors, eager mode (compile, export and tracing
+    do their own fusions), no autocast."""
     return (
         _FAST_CPU
         and _LINEAR_POINTWISE is not None
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and not _cpu_autocast()
         and not _is_compiling()
         and not _is_exporting()
         and not torch.jit.is_tracing()
     )
+
+
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """The inference path: no gradient needed."""
+    return not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)) and _onednn_allowed(x, weight)
+
+
+#: in training (with autograd) a linear layer runs its forward and input-gradient products through oneDNN when
+#: both of its sizes are at least this (see :class:`_TrainLinear`)
+TRAIN_MIN_FEATURES = 256
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
+def _train_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return min(weight.shape) >= TRAIN_MIN_FEATURES and _onednn_allowed(x, weight) and not _functorch_active()
+
+
+class _TrainLinear(torch.autograd.Function):
+    """``F.linear`` for CPU training: the forward (bias in the epilogue) and the input's gradient as oneDNN
+    matmuls, the weight's gradient as ``torch.mm`` (MKL's sgemm) and the bias's as a sum.
+
+    On the AMD machine of ``bench/`` this ran ViT-S/16's training shapes (1336-2960 tokens, sizes 384 to 1536)
+    1.07-1.18x as fast as ``F.linear``, forward + backward, and the fashion-mnist preset's 128-wide layers even
+    (``bench/parts.py``, rows ``train linear``), hence :data:`TRAIN_MIN_FEATURES`; timed alone, oneDNN's
+    products led MKL's sgemm in the forward and input gradient and trailed it in the weight gradient. Same fp32 arithmetic in another summation order (a few
+    ulp). With ``create_graph`` the backward runs as differentiable torch ops, so higher derivatives work.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _LINEAR_POINTWISE(x, weight, bias, "none", [], "")  # (..., in) -> (..., out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()  # (..., out)
+        grad_2d = grad.reshape(-1, grad.shape[-1])  # (T, out)
+        need_x, need_w, need_b = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph: a backward that autograd can differentiate again
+            gx = grad.matmul(weight) if need_x else None
+        else:
+            gx = _LINEAR_POINTWISE(grad, weight.t(), None, "none", [], "") if need_x else None  # (..., in)
+        gw = grad_2d.t().mm(x.reshape(-1, x.shape[-1])) if need_w else None  # (out, in)
+        gb = grad_2d.sum(0) if need_b and ctx.has_bias else None  # (out,)
+        return gx, gw, gb
 
 
 def _onednn_activation(act: nn.Module | None) -> tuple[str, str] | None:
@@ -219,14 +270,18 @@ def _onednn_activation(act: nn.Module | None) -> tuple[str, str] | None:
 
 
 def linear(x: torch.Tensor, layer: nn.Linear, act: nn.Module | None = None) -> torch.Tensor:
-    """``act(layer(x))`` (x: (..., in) -> (..., out)); in CPU inference one fused oneDNN call."""
+    """``act(layer(x))`` (x: (..., in) -> (..., out)); in CPU inference one fused oneDNN call, in CPU training
+    oneDNN's products where they are faster (:class:`_TrainLinear`)."""
     if _use_onednn(x, layer.weight):
         w = _PACKED.get(layer.weight) if _PACK else layer.weight
         post = _onednn_activation(act)
         if post is not None:
             return _LINEAR_POINTWISE(x, w, layer.bias, post[0], [], post[1])
         return act(_LINEAR_POINTWISE(x, w, layer.bias, "none", [], ""))
-    y = F.linear(x, layer.weight, layer.bias)
+    if torch.is_grad_enabled() and _train_onednn(x, layer.weight):
+        y = _TrainLinear.apply(x, layer.weight, layer.bias)
+    else:
+        y = F.linear(x, layer.weight, layer.bias)
     return y if act is None else act(y)
 
 
@@ -236,7 +291,7 @@ class PatchEmbed(nn.Module):
     The weights are those of a strided convolution (``proj``, as every ViT checkpoint stores them); the
     computation is the same product written as a reshape and one matmul, on CPU about as fast as the
     convolution, forward and backward (``bench/parts.py``, rows ``patch``: faster on the fashion-mnist preset's
-    7 x 7 patches and ViT-S/16 at 224 px; at 96 px the convolution was ahead in three runs of four, by 1-5
+    7 x 7 patches and ViT-S/16 at 224 px; at 96 px the convolution was ahead in three runs of five, by 1-5
     percent). The outputs agree to ~2e-6. Like the convolution, it ignores the pixels of an incomplete last
     row or column of patches.
     """

@@ -81,7 +81,7 @@ class PretrainConfig:
     tf32: bool = True
     # torch.compile the online network and the target (opt-in): the first steps wait for the compilation
     # (a minute or more). On 2 CPU cores, bench/pretrain_step.py --compile measured it ~10 % faster on the
-    # fashion-mnist preset and no faster on ViT-S/16 (slower in three runs of four); not measured on a GPU
+    # fashion-mnist preset and no faster on ViT-S/16 (slower in four runs of five); not measured on a GPU
     compile: bool = False
     seed: int = 0
     # -- logging and checkpoints
