@@ -230,11 +230,12 @@ class _TrainLinear(torch.autograd.Function):
     """``F.linear`` for CPU training: the forward (bias in the epilogue) and the input's gradient as oneDNN
     matmuls, the weight's gradient as ``torch.mm`` (MKL's sgemm) and the bias's as a sum.
 
-    On the AMD machine of ``bench/`` this ran ViT-S/16's training shapes (1336-2960 tokens, sizes 384 to 1536)
-    1.07-1.18x as fast as ``F.linear``, forward + backward, and the fashion-mnist preset's 128-wide layers even
-    (``bench/parts.py``, rows ``train linear``), hence :data:`TRAIN_MIN_FEATURES`; timed alone, oneDNN's
-    products led MKL's sgemm in the forward and input gradient and trailed it in the weight gradient. Same fp32 arithmetic in another summation order (a few
-    ulp). With ``create_graph`` the backward runs as differentiable torch ops, so higher derivatives work.
+    On the AMD machine of ``bench/`` this ran ViT-S/16's training shapes (1336-2960 tokens, sizes 384 to
+    1536) 1.07-1.18x as fast as ``F.linear``, forward + backward, and the fashion-mnist preset's 128-wide
+    layers even (``bench/parts.py``, rows ``train linear``), hence :data:`TRAIN_MIN_FEATURES`; timed alone,
+    oneDNN's products led MKL's sgemm in the forward and input gradient and trailed it in the weight
+    gradient. Same fp32 arithmetic in another summation order (a few ulp). With ``create_graph`` the backward
+    runs as differentiable torch ops, so higher derivatives work.
     """
 
     @staticmethod
