@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import pytest
@@ -21,9 +22,8 @@ def _seed():
     torch.manual_seed(0)
 
 
-def save_hf(tmp_path_factory, cls_name: str, config_name: str, *, safe: bool = True, init_kwargs=None,
-            **config_kwargs):
-    """Build a random transformers model, perturb its weights so nothing is zero or one, and save it."""
+def make_hf(cls_name: str, config_name: str, *, init_kwargs=None, **config_kwargs):
+    """A random transformers model (TINY unless overridden), its weights perturbed so nothing is zero or one."""
     import transformers
 
     cfg = getattr(transformers, config_name)(**{**TINY, **config_kwargs})
@@ -32,6 +32,20 @@ def save_hf(tmp_path_factory, cls_name: str, config_name: str, *, safe: bool = T
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def hf_fc2_weight(names, layer: int) -> str:
+    """The name transformers gives block ``layer``'s second MLP weight, in 4.x's layout or 5.x's."""
+    matches = [k for k in names if re.search(rf"layers?\.{layer}\.(mlp\.fc2|output\.dense)\.weight$", k)]
+    assert len(matches) == 1, matches
+    return matches[0]
+
+
+def save_hf(tmp_path_factory, cls_name: str, config_name: str, *, safe: bool = True, init_kwargs=None,
+            **config_kwargs):
+    """Build a random transformers model (:func:`make_hf`) and save it."""
+    model = make_hf(cls_name, config_name, init_kwargs=init_kwargs, **config_kwargs)
     out = tmp_path_factory.mktemp(f"{cls_name}_{'st' if safe else 'bin'}")
     model.save_pretrained(out)
     if not safe:  # transformers 5 writes safetensors only; write the pickle as transformers 4.x did

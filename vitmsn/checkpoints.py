@@ -202,13 +202,21 @@ def internal_to_hf(state_dict: dict[str, torch.Tensor], prefix: str = "") -> dic
     return out
 
 
+def backbone_prefix(model: torch.nn.Module) -> str:
+    """The prefix of the backbone's names in ``model.state_dict()``, as in transformers: "vit." in a head model."""
+    return "vit." if hasattr(model, "vit") else ""
+
+
+def model_key(key: str, prefix: str) -> str:
+    """A backbone-relative or head key (as :func:`hf_to_internal` gives them) as the model names it: a head
+    model's classifier and decoder are top-level modules, everything else sits under ``prefix``."""
+    return key if key.startswith(("classifier.", "decoder.")) else prefix + key
+
+
 def model_state_dict(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], str]:
     """The model's tensors with backbone-relative keys, and the prefix transformers puts on the backbone."""
-    sd = model.state_dict()
-    if not hasattr(model, "vit"):
-        return dict(sd), ""
-    out = {k.removeprefix("vit."): v for k, v in sd.items()}
-    return out, "vit."
+    prefix = backbone_prefix(model)
+    return {k.removeprefix(prefix): v for k, v in model.state_dict().items()}, prefix
 
 
 def _hf_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -413,8 +421,7 @@ def load_state_dict_into(model: torch.nn.Module, state_dict: dict[str, torch.Ten
                        source, ", ".join(sorted([*missing, *(k for k, *_ in mismatched_heads)])))
     if unexpected:
         logger.warning("%s: dropped weights it has no place for: %s", type(model).__name__, ", ".join(unexpected))
-    own = ("classifier.", "decoder.")  # top-level modules of a head model; everything else is under vit.
-    name = lambda k: k if k.startswith(own) else prefix + k  # noqa: E731
+    name = lambda k: model_key(k, prefix)  # noqa: E731
     model.load_state_dict({name(k): v for k, v in internal.items() if k in expected}, strict=False)
     return {"missing_keys": [name(k) for k in missing],
             "unexpected_keys": [name(k) for k in unexpected],

@@ -304,11 +304,11 @@ class PreTrainedModel(PushToHubMixin, nn.Module):
         own = self.state_dict(keep_vars=True)
         if all(k in own for k in state_dict):
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
-        from vitmsn.checkpoints import hf_to_internal, model_state_dict
+        from vitmsn.checkpoints import backbone_prefix, hf_to_internal, model_key
 
         internal, unknown, _ = hf_to_internal(dict(state_dict))
-        prefix = model_state_dict(self)[1] if hasattr(self, "vit") else ""
-        named = {k if k.startswith(("classifier.", "decoder.")) else prefix + k: v for k, v in internal.items()}
+        prefix = backbone_prefix(self)
+        named = {model_key(k, prefix): v for k, v in internal.items()}
         result = super().load_state_dict(named, strict=False, assign=assign)  # size mismatches raise here
         result.unexpected_keys.extend(unknown)
         if strict and (result.missing_keys or result.unexpected_keys):
