@@ -609,7 +609,7 @@ def test_auto_rejects_other_processors(tmp_path):
 @pytest.mark.parametrize(
     ("images", "match"),
     [
-        ("cat.png", "Unsupported image type str"),
+        ("no-such-file.png", "neither a file, nor a URL"),
         (3.0, "Unsupported image type float"),
         ([], "empty list"),
         ([np.zeros((8, 8, 3), np.uint8), None], "Unsupported image type NoneType"),
@@ -734,3 +734,146 @@ def test_resolve_file_local(tmp_path):
         resolve_file(tmp_path, "b.json")
     with pytest.raises(OSError, match="neither an existing local directory"):
         resolve_file(str(tmp_path / "no" / "such" / "dir"), "a.json")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Images given by name, settings changed after construction, other integer types, three-band PIL modes
+# ---------------------------------------------------------------------------------------------------------
+
+TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
+needs_transformers_5 = pytest.mark.skipif(not TRANSFORMERS_5, reason="transformers 4's PIL processor takes no paths")
+
+
+def both_references():
+    """(vitmsn backend, transformers' processor of the same backend)."""
+    return [("pil", RefProcessor()), ("torch", transformers.ViTImageProcessor())]
+
+
+@pytest.fixture
+def image_files(tmp_path, photos) -> dict[str, Path]:
+    """A PNG, a JPEG and a JPEG whose EXIF orientation says "rotate 90 degrees" (tag 6), and a bad file."""
+    img = PIL.Image.fromarray(photos["coffee"][::4, ::4].copy())
+    files = {"png": tmp_path / "a.png", "jpg": tmp_path / "b.jpg", "rotated": tmp_path / "c.jpg"}
+    img.save(files["png"])
+    img.save(files["jpg"], quality=90)
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6
+    img.save(files["rotated"], quality=90, exif=exif)
+    (tmp_path / "bad.jpg").write_text("not an image")
+    files["bad"] = tmp_path / "bad.jpg"
+    return files
+
+
+@needs_transformers_5
+def test_images_by_path_url_and_base64(image_files):
+    """Paths (str or Path), lists of them, http URLs and base64 data are read as transformers' load_image reads
+    them (EXIF orientation applied, RGB), on both backends."""
+    import base64
+    import functools
+    import http.server
+    import threading
+
+    folder = image_files["png"].parent
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/b.jpg"
+        b64 = base64.b64encode(image_files["png"].read_bytes()).decode()
+        sources = [str(image_files["png"]), [str(image_files["jpg"]), str(image_files["rotated"])], url, b64,
+                   "data:image/png;base64," + b64]
+        for backend, reference in both_references():
+            proc = ViTImageProcessor(backend=backend)
+            for source in sources:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    expected = reference(source, return_tensors="np")["pixel_values"]
+                assert_same(proc(source, return_tensors="np")["pixel_values"], expected, f"{backend} {source!s:.60}")
+            # a pathlib.Path too (transformers takes str only): the same as its str
+            assert_same(proc(image_files["rotated"], return_tensors="np")["pixel_values"],
+                        proc(str(image_files["rotated"]), return_tensors="np")["pixel_values"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    upright = ViTImageProcessor(do_resize=False)(image_files["rotated"], return_tensors="pt")["pixel_values"]
+    assert upright.shape[-2:] == (150, 100)  # the file holds 150 x 100 (w x h); tag 6 turns it upright
+
+
+def test_bad_image_sources(image_files, tmp_path):
+    proc = ViTImageProcessor()
+    with pytest.raises(ValueError, match="bad.jpg: not an image format"):
+        proc(str(image_files["bad"]))
+    with pytest.raises(ValueError, match="is not a file"):
+        proc(tmp_path)
+    with pytest.raises(ValueError, match="neither a file, nor a URL"):
+        proc([str(image_files["png"]), str(tmp_path / "missing.jpg")])
+    with pytest.raises(ValueError, match="no such file; read as base64"):
+        proc("abcd")  # valid base64, but not an image
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ValueError, match="Could not download the image"):
+        proc(f"http://127.0.0.1:{port}/x.png")
+
+
+@pytest.mark.parametrize("backend", ["pil", "torch"])
+def test_settings_changed_after_construction(photos, backend):
+    """size, crop_size and pad_size set as attributes (an int or a pair) work as at construction, as in
+    transformers."""
+    image = photos["chelsea"]
+    proc = ViTImageProcessor(backend=backend)
+    proc.size = 64
+    assert proc(image, return_tensors="pt")["pixel_values"].shape == (1, 3, 64, 64)
+    proc.size = (40, 48)
+    assert proc(image, return_tensors="pt")["pixel_values"].shape == (1, 3, 40, 48)
+    proc.do_center_crop, proc.crop_size = True, 20
+    same = ViTImageProcessor(size=(40, 48), do_center_crop=True, crop_size=20, backend=backend)
+    assert_same(proc(image, return_tensors="np")["pixel_values"], same(image, return_tensors="np")["pixel_values"])
+    proc.do_pad, proc.pad_size = True, 30
+    assert proc(image, return_tensors="pt")["pixel_values"].shape == (1, 3, 30, 30)
+
+
+def test_size_reads_as_attributes():
+    """transformers 5 keeps sizes as a SizeDict (size.height); here a dict whose keys also read as attributes."""
+    proc = ViTImageProcessor(size={"shortest_edge": 96}, do_center_crop=True, crop_size=(80, 64))
+    assert proc.size.shortest_edge == 96 and proc.size.height is None and proc.size["shortest_edge"] == 96
+    assert (proc.crop_size.height, proc.crop_size.width) == (80, 64) and dict(proc.crop_size) == {"height": 80, "width": 64}
+    with pytest.raises(AttributeError):
+        proc.size.bogus  # noqa: B018
+    assert json.loads(proc.to_json_string())["crop_size"] == {"height": 80, "width": 64}
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.int16, np.uint16])
+@pytest.mark.parametrize("high", [256, 4000])
+def test_torch_backend_integer_images(dtype, high):
+    """Integer images other than uint8 resize as torchvision resizes them (transformers' torch backend): in
+    float32, rounded to integers, whatever their range (uint16, which torch can hardly reduce, too)."""
+    x = np.random.default_rng(0).integers(0, high, (40, 50, 3)).astype(dtype)
+    ours_ = ViTImageProcessor()(x, return_tensors="np")["pixel_values"]
+    as_int32 = ViTImageProcessor()(x.astype(np.int32), return_tensors="np")["pixel_values"]
+    np.testing.assert_array_equal(ours_, as_int32)
+    if dtype != np.uint16:  # torchvision resizes uint16 otherwise (and wraps bicubic undershoots around)
+        for kwargs in ({}, {"resample": 3}, {"do_resize": False}):
+            expected = as_numpy(torchvision_ref(x, return_tensors="pt", **kwargs))
+            got = ViTImageProcessor()(x, return_tensors="np", **kwargs)["pixel_values"]
+            np.testing.assert_allclose(got, expected, atol=1e-5 * high / 255, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["YCbCr", "HSV", "LAB"])
+@pytest.mark.parametrize("do_convert_rgb", [None, True, False])
+def test_three_band_pil_modes(photos, mode, do_convert_rgb):
+    """YCbCr, HSV and LAB images give their own bands unless do_convert_rgb=True, as in transformers."""
+    rgb = PIL.Image.fromarray(photos["coffee"][::4, ::4].copy())
+    image = rgb.convert(mode) if mode != "LAB" else PIL.Image.fromarray(np.asarray(rgb), mode="LAB")
+    for backend, reference in both_references():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = reference(image, return_tensors="np", do_convert_rgb=do_convert_rgb)["pixel_values"]
+        got = ViTImageProcessor(backend=backend)(image, return_tensors="np", do_convert_rgb=do_convert_rgb)
+        assert_same(got["pixel_values"], expected, f"{backend} {mode} {do_convert_rgb}")

@@ -289,7 +289,20 @@ def _standardize_resample(resample: Any) -> int:
     )
 
 
-def _standardize_size(size: Any, default_to_square: bool = True, name: str = "size") -> dict[str, int]:
+class SizeDict(dict):
+    """A size as a dict (``{"height": 224, "width": 224}``) whose keys also read as attributes
+    (``size.height``), as transformers 5's ``SizeDict``; a key it does not hold reads as None."""
+
+    _FIELDS = frozenset({"height", "width", "shortest_edge", "longest_edge", "max_height", "max_width",
+                         "min_pixels", "max_pixels"})
+
+    def __getattr__(self, name: str) -> Any:
+        if name in SizeDict._FIELDS:
+            return self.get(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+def _standardize_size(size: Any, default_to_square: bool = True, name: str = "size") -> SizeDict:
     """``int`` -> square (or shortest edge if not ``default_to_square``); ``(h, w)``; or a valid size dict
     (``name``: the argument's, for the errors)."""
     if isinstance(size, int | np.integer) and not isinstance(size, bool):
@@ -309,7 +322,7 @@ def _standardize_size(size: Any, default_to_square: bool = True, name: str = "si
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
             raise ValueError(f"{name}[{key!r}] must be a positive int; got {value!r}.")
         out[key] = int(value)
-    return out
+    return SizeDict(out)
 
 
 def _pad_size_error(pad_size: Any) -> ValueError:
@@ -374,11 +387,71 @@ def _backend_of_config(config: Mapping[str, Any]) -> str | None:
 
 
 def _is_image(x: Any) -> bool:
-    return isinstance(x, PIL.Image.Image | np.ndarray | torch.Tensor)
+    return isinstance(x, PIL.Image.Image | np.ndarray | torch.Tensor | str | os.PathLike)
+
+
+#: seconds to wait for an image URL's server
+URL_TIMEOUT = 30.0
+
+
+def _read_source(source: str | os.PathLike[str]) -> tuple[bytes | str, str]:
+    """An image given by name -> (what ``PIL.Image.open`` reads: a file path or the bytes, a name for errors):
+    a local file, an http(s) URL (downloaded), or base64 data (with or without a ``data:image/...`` prefix),
+    as transformers' ``load_image`` takes them."""
+    import base64
+    import binascii
+
+    text = os.fspath(source)
+    if text.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        from vitmsn import __version__
+
+        request = urllib.request.Request(text, headers={"User-Agent": f"vitmsn/{__version__}"})
+        try:
+            with urllib.request.urlopen(request, timeout=URL_TIMEOUT) as response:
+                return response.read(), text
+        except (urllib.error.URLError, OSError) as err:
+            raise ValueError(f"Could not download the image {text}: {getattr(err, 'reason', err)}") from None
+    if os.path.isfile(text):
+        return text, text
+    if not isinstance(source, str) or os.path.exists(text):
+        raise ValueError(f"Image {text!r} is not a file.")
+    data = text.split(",", 1)[1] if text.startswith("data:image/") else text
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    try:
+        return base64.b64decode(data, validate=True), f"{shown!r} (no such file; read as base64 image data)"
+    except (binascii.Error, ValueError):
+        raise ValueError(
+            f"Image {shown!r} is neither a file, nor a URL starting with http:// or https://, nor base64 image "
+            "data."
+        ) from None
+
+
+def _open_source(source: str | os.PathLike[str]) -> PIL.Image.Image:
+    """An image given by name (see :func:`_read_source`), decoded, turned upright by its EXIF orientation and
+    converted to RGB, as transformers' ``load_image`` does."""
+    import io
+
+    import PIL.ImageOps
+
+    data, name = _read_source(source)
+    try:
+        with PIL.Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
+            image.load()
+            return PIL.ImageOps.exif_transpose(image).convert("RGB")
+    except PIL.UnidentifiedImageError:
+        raise ValueError(f"Cannot read {name}: not an image format Pillow recognises.") from None
+    except (OSError, SyntaxError, ValueError, EOFError, PIL.Image.DecompressionBombError) as err:
+        raise ValueError(f"Cannot read {name}: {err}") from None
 
 
 def _flatten_images(images: Any) -> list[Any]:
-    """A single image, a batched array/tensor, or (nested) lists of those -> a flat list of single images."""
+    """A single image, a batched array/tensor, or (nested) lists of those -> a flat list of single images.
+    Images given by name (paths, URLs, base64 data) are read here."""
+    if isinstance(images, str | os.PathLike):
+        return [_open_source(images)]
     if isinstance(images, PIL.Image.Image):
         return [images]
     if isinstance(images, np.ndarray | torch.Tensor):
@@ -402,12 +475,12 @@ def _flatten_images(images: Any) -> list[Any]:
             else:
                 raise ValueError(
                     f"Unsupported image type {type(item).__name__} in list; expected PIL.Image.Image, "
-                    "numpy.ndarray or torch.Tensor."
+                    "numpy.ndarray, torch.Tensor, or a file path, URL or base64 string."
                 )
         return flat
     raise ValueError(
-        f"Unsupported image type {type(images).__name__}; expected a PIL.Image.Image, numpy.ndarray or "
-        "torch.Tensor, or a list of them."
+        f"Unsupported image type {type(images).__name__}; expected a PIL.Image.Image, numpy.ndarray, "
+        "torch.Tensor, or a file path, URL or base64 string, or a list of them."
     )
 
 
@@ -436,11 +509,16 @@ def _channel_axis_is_first(shape: tuple[int, ...], input_data_format: str | None
     )
 
 
+#: PIL modes of three 8-bit bands that transformers reads as they are unless asked to convert them to RGB
+_THREE_BANDS = frozenset({"RGB", "YCbCr", "LAB", "HSV"})
+
+
 def _pil_to_rgb(image: PIL.Image.Image, do_convert_rgb: bool | None) -> PIL.Image.Image:
     """The PIL image whose pixels are used: RGB (transparency composited on white) unless
-    ``do_convert_rgb=False``; an RGB image as it is unless ``do_convert_rgb=True`` (which also composites
-    the transparent colour some RGB images carry)."""
-    if do_convert_rgb is False or (do_convert_rgb is None and image.mode == "RGB"):
+    ``do_convert_rgb=False``; an image of three bands (RGB, YCbCr, LAB, HSV) as it is unless
+    ``do_convert_rgb=True`` (which converts them, and composites the transparent colour some RGB images
+    carry), as transformers reads them."""
+    if do_convert_rgb is False or (do_convert_rgb is None and image.mode in _THREE_BANDS):
         return image
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
@@ -911,9 +989,10 @@ class ViTImageProcessor(PushToHubMixin):
         do_normalize: Normalize with ``image_mean`` / ``image_std``.
         image_mean: Per-channel mean, default ``(0.5, 0.5, 0.5)``.
         image_std: Per-channel std, default ``(0.5, 0.5, 0.5)``.
-        do_convert_rgb: ``None`` (default): convert grayscale / RGBA / palette images to RGB and leave RGB ones
-            as they are; ``True``: always convert (also composites RGB PIL images that carry transparency);
-            ``False``: never convert.
+        do_convert_rgb: ``None`` (default): convert grayscale / RGBA / palette images to RGB and leave images of
+            three bands as they are (RGB; YCbCr, LAB and HSV PIL images give their own bands, as in
+            transformers); ``True``: always convert to RGB (also composites RGB PIL images that carry
+            transparency); ``False``: never convert.
         do_center_crop: After resizing, crop the center ``crop_size`` of each image (as transformers 5 does in
             both backends; transformers 4.x's PIL ``ViTImageProcessor`` ignores it). A crop larger than the image
             pads it with zeros (before rescaling and normalizing), as each transformers backend does.
@@ -1021,7 +1100,9 @@ class ViTImageProcessor(PushToHubMixin):
 
         Args:
             images: A PIL image, a numpy array / torch tensor (H, W), (C, H, W), (H, W, C) or batched
-                (B, C, H, W) / (B, H, W, C), uint8 or float, or a (nested) list of these.
+                (B, C, H, W) / (B, H, W, C), uint8 or float, an image file's path, an http(s) URL or base64
+                image data (read as transformers' ``load_image`` reads them: upright by their EXIF
+                orientation, RGB), or a (nested) list of these.
             return_tensors: ``"pt"`` -> torch (B, 3, H, W) float32; ``"np"`` -> numpy (B, 3, H, W) float32;
                 ``None`` -> list of (3, H, W) float32 numpy arrays (PIL backend) or tensors (torch backend), as
                 transformers. With ``do_rescale=False`` the dtype is transformers' too: the pixels' own (e.g.
@@ -1050,14 +1131,15 @@ class ViTImageProcessor(PushToHubMixin):
             )
         overrides = {key: value for key, value in overrides.items() if value is not None}  # None: keep own
         opts = {key: overrides.get(key, getattr(self, key)) for key in _CALL_OPTIONS}
-        size = _standardize_size(opts["size"]) if "size" in overrides else self.size
+        # (an attribute set after construction may still be an int or a pair, as transformers allows)
+        size = _standardize_size(opts["size"])
         resample = _standardize_resample(opts["resample"])
         mean = _standardize_stats(opts["image_mean"], "image_mean")
         std = _standardize_stats(opts["image_std"], "image_std")
         rescale_factor = float(opts["rescale_factor"])
         crop = None
         if opts["do_center_crop"]:
-            crop = _crop_hw(_standardize_size(opts["crop_size"]) if "crop_size" in overrides else self.crop_size)
+            crop = _crop_hw(None if opts["crop_size"] is None else _standardize_size(opts["crop_size"], name="crop_size"))
 
         # each (C, H, W); the PIL backend resizes PIL images as RGB PIL images (no round trip through an array)
         keep_pil = self.backend != "torch" and opts["do_resize"]
@@ -1074,7 +1156,7 @@ class ViTImageProcessor(PushToHubMixin):
             )
         pad_to = None  # with do_pad: the (height, width) every image is padded to
         if opts["do_pad"]:
-            pad_size = _standardize_pad_size(opts["pad_size"]) if "pad_size" in overrides else self.pad_size
+            pad_size = _standardize_pad_size(opts["pad_size"])
             pad_to = _pad_target(pad_size, [(h, w) for _, h, w in _output_shapes(arrays, size, opts["do_resize"], crop)])
 
         if self.backend == "torch":
@@ -1173,16 +1255,14 @@ class ViTImageProcessor(PushToHubMixin):
         out: list[torch.Tensor | None] = [None] * len(arrays)
         for (shape, is_int, dtype), idx in groups.items():
             batch = _stack_channels_last([arrays[i] for i in idx])  # (b, C, H, W), channels-last in memory
-            if is_int and do_resize and batch.dtype != torch.uint8:
-                lo, hi = batch.min().item(), batch.max().item()
-                if lo < 0 or hi > 255:
-                    raise ValueError(f"Integer images must be in [0, 255] to be resized; got [{lo}, {hi}].")
-                batch = batch.to(torch.uint8)
             if device is not None:
                 batch = batch.to(device)
             if do_resize:
                 # torch's uint8 antialiased kernel works on channels-last images (faster than channels-first: bench/parts.py, rows "resize")
-                batch = _torch_resize(batch, _output_size(size, shape[1], shape[2]), mode, antialias)
+                resized = _torch_resize(batch, _output_size(size, shape[1], shape[2]), mode, antialias)
+                # other integers resize in float32 and are rounded to integers, as torchvision resizes them
+                # (transformers' torch backend), whatever their range
+                batch = resized.round_() if is_int and batch.dtype != torch.uint8 else resized
             if crop is not None:
                 batch = _center_crop_torch(batch, crop)
             # where each image goes in whole, if anywhere: (C, h, w), padded ones in its top left corner
