@@ -146,6 +146,8 @@ def test_ignore_mismatched_sizes(tmp_path):
     tiny(vitmsn.ViTMSNForImageClassification, num_labels=3).save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="ignore_mismatched_sizes"):
         vitmsn.ViTMSNForImageClassification.from_pretrained(tmp_path, num_labels=7)
+    with pytest.raises(RuntimeError):  # what transformers raises: code written for it catches it too
+        vitmsn.ViTMSNForImageClassification.from_pretrained(tmp_path, num_labels=7)
     m = vitmsn.ViTMSNForImageClassification.from_pretrained(tmp_path, num_labels=7, ignore_mismatched_sizes=True)
     assert m.classifier.out_features == 7
 

@@ -133,7 +133,7 @@ def test_num_labels_override():
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"hidden_size": 100, "num_attention_heads": 12}, "divisible by num_attention_heads"),
-    ({"image_size": 225}, "divisible by patch_size"),
+    ({"image_size": 8}, "smaller than one patch"),
     ({"hidden_act": "prelu"}, "hidden_act='prelu' is not supported"),  # has weights of its own
     ({"hidden_dropout_prob": 1.5}, "hidden_dropout_prob"),
     ({"num_hidden_layers": 0}, "num_hidden_layers must be a positive integer"),
@@ -143,8 +143,27 @@ def test_num_labels_override():
     ({"num_labels": 3, "id2label": {0: "a"}}, "disagrees"),
 ])
 def test_impossible_values_raise(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        ViTMSNConfig(**kwargs)
+    with pytest.raises(ValueError, match=message):  # from the config, or (heads) from the model built of it
+        vitmsn.ViTMSNModel(ViTMSNConfig(**kwargs))
+
+
+def test_config_set_up_step_by_step():
+    """As in transformers, heads that do not divide the hidden size raise when a model is built, not when the
+    config is made, so a config can be set up one attribute at a time; a config.json with them raises on
+    loading."""
+    cfg = vitmsn.ViTConfig(hidden_size=32)  # 12 heads by default
+    with pytest.raises(ValueError, match="divisible by num_attention_heads"):
+        vitmsn.ViTModel(cfg)
+    cfg.num_attention_heads, cfg.num_hidden_layers, cfg.intermediate_size = 2, 1, 64
+    assert vitmsn.ViTModel(cfg)(torch.randn(1, 3, 224, 224)).last_hidden_state.shape == (1, 197, 32)
+
+
+def test_config_json_whose_heads_do_not_divide_the_hidden_size(tmp_path):
+    from vitmsn.checkpoints import CheckpointError
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit", "hidden_size": 32}))
+    with pytest.raises(CheckpointError, match="config.json of .*divisible by num_attention_heads"):
+        vitmsn.ViTModel.from_pretrained(tmp_path)
 
 
 def test_unknown_model_type():

@@ -249,3 +249,18 @@ def test_outputs_are_dicts_as_in_transformers():
     assert a.get("attentions") is None and a.get("pooler_output") is a.pooler_output is a[1]
     a["pooler_output"] = b["pooler_output"]  # item and attribute stay one
     assert a.pooler_output is b.pooler_output and a.to_tuple()[1] is b.pooler_output
+
+
+@pytest.mark.parametrize("cls_name,cfg_name", [c[:2] for c in CASES if "Masked" not in c[0]])
+def test_image_size_the_patches_do_not_tile(tmp_path_factory, cls_name, cfg_name):
+    """A checkpoint whose image_size is not a multiple of its patch_size (30 px, 8 px patches) loads and runs
+    as in transformers: a 3 x 3 grid, the last 6 pixel rows and columns left out."""
+    ref, path = save_hf(tmp_path_factory, cls_name, cfg_name, image_size=30)
+    ours = getattr(vitmsn, cls_name).from_pretrained(path)
+    assert ours.config.num_patches == 9
+    x = torch.randn(2, 3, 30, 30)
+    with torch.no_grad():
+        close(main_output(cls_name, ours(x)), main_output(cls_name, ref(x)))
+        y = torch.randn(2, 3, 46, 40)  # another size, also not tiled
+        close(main_output(cls_name, ours(y, interpolate_pos_encoding=True)),
+              main_output(cls_name, ref(y, interpolate_pos_encoding=True)))

@@ -40,8 +40,11 @@ PT_INDEX = "pytorch_model.bin.index.json"
 CONFIG = "config.json"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model; the message says why."""
+class CheckpointError(ValueError, RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model; the message says why.
+
+    Also a ``RuntimeError``: what transformers raises for weights whose shapes do not fit the model (without
+    ``ignore_mismatched_sizes``), so code written for it catches this too."""
 
 
 # ---------------------------------------------------------------------------------------- atomic writes
@@ -491,6 +494,7 @@ def load_pretrained(cls: type, path_or_id: str | os.PathLike, *model_args: Any, 
         saved_dtype = data.get("dtype") or data.get("torch_dtype")
         try:
             config = cls.config_class.from_dict(data, **overrides)
+            config.validate()
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"config.json of {path_or_id}: {e}") from None
     elif not isinstance(config, ViTConfig):

@@ -47,6 +47,14 @@ def pair(x: int | tuple[int, int] | list[int], name: str = "size") -> tuple[int,
     return (x[0], x[1])
 
 
+def check_tiling(image_size: int | tuple[int, int] | list[int], patch_size: int | tuple[int, int] | list[int]) -> None:
+    """Raise ``ValueError`` unless the patches tile the image exactly: for sizes chosen for a conversion or an
+    export, where pixels that no patch covers would be resized for nothing."""
+    (ih, iw), (ph, pw) = pair(image_size, "image_size"), pair(patch_size, "patch_size")
+    if ih % ph or iw % pw:
+        raise ValueError(f"image_size {image_size} must be divisible by patch_size {patch_size}")
+
+
 def _json_value(value: Any) -> Any:
     """A torch dtype (``config.dtype = torch.float16``, as transformers code sets) as its name, as transformers
     writes it; anything else unchanged."""
@@ -133,7 +141,9 @@ class ViTConfig:
         if self.pooler_output_size is None and hasattr(self, "pooler_output_size"):
             self.pooler_output_size = self.hidden_size
         self._init_labels()
-        self.validate()
+        # as transformers: values that cannot be right raise here, values that only disagree with each other
+        # (hidden_size and num_attention_heads) when a model is built, so a config can be set up step by step
+        self.validate(consistency=False)
         self._built = True
 
     # ------------------------------------------------------------------ labels
@@ -163,8 +173,9 @@ class ViTConfig:
             self.label2id = {str(k): int(v) for k, v in self.label2id.items()}
 
     # -------------------------------------------------------------- validation
-    def validate(self) -> None:
-        """Raise ``ValueError`` for values no model can be built from."""
+    def validate(self, consistency: bool = True) -> None:
+        """Raise ``ValueError`` for values no model can be built from (``consistency=False``: only those that are
+        wrong on their own, not the hidden size that the heads do not divide)."""
         ints = {"hidden_size": self.hidden_size, "num_hidden_layers": self.num_hidden_layers,
                 "num_attention_heads": self.num_attention_heads, "intermediate_size": self.intermediate_size,
                 "num_channels": self.num_channels}
@@ -175,16 +186,18 @@ class ViTConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ValueError(f"{name} must be a number, got {value!r}")
-        if self.hidden_size % self.num_attention_heads:
+        if consistency and self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads})"
             )
+        # an image_size the patches do not tile is allowed, as in transformers: the patch embedding leaves out
+        # the pixels of an incomplete last row and column of patches
         (ih, iw), (ph, pw) = pair(self.image_size, "image_size"), pair(self.patch_size, "patch_size")
         if min(ih, iw, ph, pw) <= 0:
             raise ValueError(f"image_size and patch_size must be positive, got {self.image_size}, {self.patch_size}")
-        if ih % ph or iw % pw:
-            raise ValueError(f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}")
+        if ih < ph or iw < pw:
+            raise ValueError(f"image_size {self.image_size} is smaller than one patch ({self.patch_size})")
         for name in ("hidden_act", "pooler_act"):
             act = getattr(self, name, None)
             if act is not None and act not in ACTIVATIONS:

@@ -42,7 +42,7 @@ from vitmsn.checkpoints import (
     model_state_dict,
     prepare_model_dir,
 )
-from vitmsn.config import ViTConfig, ViTMSNConfig, pair
+from vitmsn.config import ViTConfig, ViTMSNConfig, check_tiling, pair
 from vitmsn.models.heads import ProjectionHead
 
 if TYPE_CHECKING:
@@ -407,7 +407,7 @@ def convert_msn_checkpoint(
                     len(head_sd))
     if image_size is not None and pair(image_size) != pair(config.image_size):
         new = config.copy(image_size=image_size)
-        new.validate()
+        check_tiling(new.image_size, new.patch_size)
         logger.info("resizing position embeddings from %s to %s", config.image_size, image_size)
         backbone["pos_embed"] = interpolate_pos_embed(
             backbone["pos_embed"].float(), config.grid_size, new.grid_size
@@ -702,7 +702,8 @@ def _check_onnx_options(config: ViTConfig, opset: int, image_size: int | tuple[i
         raise ValueError(f"opset {opset} is not one the {exporter} ONNX exporter writes for a ViT: choose "
                          f"{lo} to {hi}")
     if image_size is not None and pair(image_size) != pair(config.image_size):
-        config.copy(image_size=image_size).validate()  # as convert msn --image-size: a multiple of the patch
+        config.copy(image_size=image_size)  # a valid size
+        check_tiling(image_size, config.patch_size)  # as convert msn --image-size: a multiple of the patch
 
 
 def export_onnx(

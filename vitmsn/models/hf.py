@@ -195,6 +195,7 @@ class PreTrainedModel(PushToHubMixin, nn.Module):
     def _check_config(self, config: ViTConfig) -> ViTConfig:
         if not isinstance(config, ViTConfig):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        config.validate()  # also what a config set up step by step may still get wrong
         return config
 
     def post_init(self) -> None:

@@ -142,7 +142,7 @@ class PretrainConfig:
             raise ValueError(f"mean and std need {self.num_channels} values each (num_channels)")
         if self.schedule_stretch < 1.0:
             raise ValueError(f"schedule_stretch must be >= 1, got {self.schedule_stretch}")
-        ViTMSNConfig(**self.encoder_kwargs())  # raises for impossible encoder shapes
+        ViTMSNConfig(**self.encoder_kwargs()).validate()  # raises for impossible encoder shapes
 
     def encoder_kwargs(self) -> dict[str, Any]:
         return dict(hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers,
