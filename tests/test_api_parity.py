@@ -169,3 +169,19 @@ def test_config_methods_and_saved_flags_as_transformers(tmp_path, caplog):
         cfg = vitmsn.ViTConfig.from_pretrained(msn)  # as transformers: loads, with a warning
     assert "vit_msn" in caplog.text and cfg.hidden_size == 32 and cfg.name_or_path == str(msn)
     assert cfg.get_text_config() is cfg and not cfg.is_encoder_decoder
+
+
+def test_torch_jit_trace_passes_its_check(pair):
+    """``torch.jit.trace`` (with its default check, which traces again and compares the graphs) gives a module
+    whose outputs equal the model's and transformers', at another batch size too."""
+    import warnings
+
+    theirs, ours, _ = pair
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # trace's deprecation and tracer warnings
+        traced = torch.jit.trace(ours, torch.randn(1, 3, 32, 32), strict=False)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        logits = traced(x)["logits"]
+        torch.testing.assert_close(logits, ours(x).logits, atol=1e-6, rtol=0)  # F.linear: eager may run oneDNN
+        torch.testing.assert_close(logits, theirs(x).logits, atol=1e-5, rtol=0)

@@ -223,7 +223,8 @@ _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda
 
 
 def _train_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return min(weight.shape) >= TRAIN_MIN_FEATURES and _onednn_allowed(x, weight) and not _functorch_active()
+    # (the shape last: read under torch.jit.trace it would be recorded, differently with and without grad)
+    return _onednn_allowed(x, weight) and not _functorch_active() and min(weight.shape) >= TRAIN_MIN_FEATURES
 
 
 class _TrainLinear(torch.autograd.Function):
