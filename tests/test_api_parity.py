@@ -185,3 +185,22 @@ def test_torch_jit_trace_passes_its_check(pair):
         logits = traced(x)["logits"]
         torch.testing.assert_close(logits, ours(x).logits, atol=1e-6, rtol=0)  # F.linear: eager may run oneDNN
         torch.testing.assert_close(logits, theirs(x).logits, atol=1e-5, rtol=0)
+
+
+def test_torch_export_and_image_classification_pipeline(pair):
+    """``torch.export.export`` gives a program whose logits equal the model's; transformers'
+    image-classification pipeline runs vitmsn's classifier and gives transformers' scores."""
+    import numpy as np
+    from PIL import Image
+
+    theirs, ours, _ = pair
+    x = torch.randn(2, 3, 32, 32)
+    program = torch.export.export(ours, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x)["logits"], ours(x).logits, atol=1e-6, rtol=0)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    processor = vitmsn.ViTImageProcessor(size={"height": 32, "width": 32})
+    scores = [transformers.pipeline("image-classification", model=model, image_processor=processor)(image, top_k=3)
+              for model in (ours, theirs)]
+    assert [s["label"] for s in scores[0]] == [s["label"] for s in scores[1]]
+    np.testing.assert_allclose([s["score"] for s in scores[0]], [s["score"] for s in scores[1]], atol=1e-5)
