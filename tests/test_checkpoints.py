@@ -277,6 +277,43 @@ def test_random_bytes_are_not_called_an_unsafe_pickle(tmp_path):
     with pytest.raises(CheckpointError, match=r"not a PyTorch checkpoint \(damaged") as e:
         vitmsn.ViTMSNModel.from_pretrained(tmp_path)
     assert "run code" not in str(e.value) and "\n" not in str(e.value)
+    for text in ("hello\n", "step,loss\n1,0.5\n"):  # text the weights-only unpickler fails on otherwise
+        (tmp_path / "pytorch_model.bin").write_text(text)
+        with pytest.raises(CheckpointError, match=r"not a PyTorch checkpoint \(damaged"):
+            vitmsn.ViTMSNModel.from_pretrained(tmp_path)
+    # safetensors' writer sets 0600 again: the saved weights get the umask's mode too
+    vitmsn.ViTMSNModel(vitmsn.ViTMSNConfig(**TINY)).save_pretrained(tmp_path / "again")
+    assert stat.S_IMODE((tmp_path / "again" / "model.safetensors").stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("error,reason", [
+    (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 220672 vs 220560"), "the write failed"),
+    (Exception("Error while serializing: I/O error: No space left on device (os error 28)"), "No space left"),
+])
+def test_failed_writes_are_one_oserror_and_leave_nothing(tmp_path, error, reason):
+    """torch.save and safetensors report a full disk as their own errors: one OSError naming the file, and
+    neither the file nor a temporary one is left (an older file at the path stays as it was)."""
+    from vitmsn.checkpoints import atomic_write
+
+    (tmp_path / "old.pt").write_text("old")
+
+    def write(tmp):
+        Path(tmp).write_text("half")
+        raise error
+
+    for name in ("new.pt", "old.pt"):
+        with pytest.raises(OSError, match=f"cannot write .*{name}: {reason}"):
+            atomic_write(tmp_path / name, write)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.pt"] and (tmp_path / "old.pt").read_text() == "old"
+
+
+def test_index_file_that_is_not_an_object(tmp_path):
+    vitmsn.ViTMSNModel(vitmsn.ViTMSNConfig(**TINY)).save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    for text in ("[]", '{"weight_map": {"a": 1}}'):
+        (tmp_path / "model.safetensors.index.json").write_text(text)
+        with pytest.raises(CheckpointError, match="is not a valid index file"):
+            vitmsn.ViTMSNModel.from_pretrained(tmp_path)
 
 
 def test_offline_hub_id_names_the_id(tmp_path, monkeypatch):

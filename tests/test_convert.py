@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -579,6 +580,35 @@ def test_onnx_auto_falls_back_to_torchscript(tmp_path, ort, monkeypatch, caplog)
         torch.testing.assert_close(_run(ort, path, x)[0], model(x).last_hidden_state, atol=1e-4, rtol=0)
     with pytest.raises(RuntimeError, match="cannot trace"):
         export_onnx(model, tmp_path / "d.onnx", exporter="dynamo")
+
+
+def test_failed_onnx_export_leaves_nothing(tmp_path, ort, monkeypatch):
+    """An export that fails half-way (here a full disk) leaves neither a partial file nor its staging folder,
+    keeps an older file as it was, and a second try needs no --overwrite."""
+    import errno
+
+    import vitmsn.convert as convert
+
+    def half_written(wrapper, example, out_path, *args):
+        Path(out_path).write_bytes(b"\x08\x07partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    model = vitmsn.ViTMSNModel(ViTMSNConfig(**SMALL)).eval()
+    (tmp_path / "old.onnx").write_bytes(b"older")
+    for exporter in ("dynamo", "torchscript"):
+        monkeypatch.setattr(convert, f"_export_{exporter}", half_written)
+    for name in ("new.onnx", "old.onnx"):
+        with pytest.raises(OSError, match=f"cannot write .*{name}: No space left on device"):
+            export_onnx(model, tmp_path / name, exporter="torchscript")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.onnx"]
+    assert (tmp_path / "old.onnx").read_bytes() == b"older"
+    monkeypatch.undo()
+    from vitmsn.cli import main
+
+    model.save_pretrained(tmp_path / "m")
+    assert main(["export-onnx", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "new.onnx"),
+                 "--exporter", "torchscript"]) == 0
+    assert _run(ort, tmp_path / "new.onnx", torch.randn(1, 3, 32, 32))[0].shape == (1, 17, 32)
 
 
 def test_onnx_opset_below_17(tmp_path, ort):

@@ -72,8 +72,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private (0600); give it a plain file's mode
-        write(tmp)
+        try:
+            write(tmp)
+        except OSError:
+            raise
+        except Exception as err:  # a writer that reports a failed write (a full disk) as something else
+            _raise_if_disk_error(path, err)
+            raise
+        # mkstemp makes the file private (0600), and some writers (safetensors) set that mode again: give it a
+        # plain file's mode, as the umask says
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -82,6 +90,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def _raise_if_disk_error(path: Path, err: Exception) -> None:
+    """Raise ``OSError`` naming ``path`` for a writer's error that is a failed write underneath: torch.save's
+    ("unexpected pos", "file write failed") and safetensors' ("No space left on device (os error 28)"), or any
+    error while the disk is full."""
+    import shutil
+
+    text = str(err)
+    try:
+        full = shutil.disk_usage(path.parent).free < (1 << 20)
+    except OSError:
+        full = False
+    if full or "os error 28" in text:
+        raise OSError(f"cannot write {path}: No space left on device") from err
+    if "os error" in text or "unexpected pos" in text or "write failed" in text:
+        raise OSError(f"cannot write {path}: the write failed ({text.strip()})") from err
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -303,8 +328,10 @@ def weight_files(path_or_id: str | os.PathLike, use_safetensors: bool | None = N
         if (idx := _resolve(path_or_id, index, missing_ok=True, **hub)) is not None:
             try:
                 shards = sorted(set(json.loads(idx.read_text())["weight_map"].values()))
-            except (json.JSONDecodeError, KeyError, AttributeError) as e:
-                raise CheckpointError(f"{idx} is not a valid index file ({e})") from None
+            except (json.JSONDecodeError, KeyError, AttributeError, TypeError, UnicodeDecodeError) as e:
+                raise CheckpointError(f"{idx} is not a valid index file ({type(e).__name__}: {e})") from None
+            if not all(isinstance(shard, str) for shard in shards):
+                raise CheckpointError(f"{idx} is not a valid index file (its weight_map names no files)")
             return [_resolve(path_or_id, shard, **hub) for shard in shards]
     expected = " or ".join(name for pair in formats for name in pair)
     raise FileNotFoundError(f"{path_or_id} has no weights: expected {expected}")
@@ -376,6 +403,9 @@ def load_pickle(path: str | os.PathLike, mmap: bool = False) -> Any:
             if attempt < 2 and os.path.exists(path) and os.stat(path).st_ino != inode:
                 continue
             raise CheckpointError(f"cannot read {path}: not a readable PyTorch checkpoint ({e})") from None
+        except Exception:  # noqa: BLE001 - the weights-only unpickler on other bytes (text, CSV, ...): KeyError, ...
+            raise CheckpointError(f"cannot read {path}: not a PyTorch checkpoint (damaged, or another kind of "
+                                  "file)") from None
     raise AssertionError("unreachable")
 
 

@@ -19,12 +19,13 @@ Shapes: D hidden size, L layers, C channels, p patch size, P patches, K prototyp
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import re
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -730,13 +731,12 @@ def export_onnx(
     Attention stays SDPA: both exporters export it. With ``check``, ``onnx.checker`` verifies the file.
     Weights above 1.5 GiB go to an external data file beside the graph (dynamo exporter).
     """
-    from vitmsn.models import layers
-
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise ValueError(f"exporter must be 'auto', 'dynamo' or 'torchscript', got {exporter!r}")
     if exporter == "dynamo" and opset < 17:
         raise ValueError(
-            f"the dynamo exporter writes opset 17 and above, not {opset}; use exporter='torchscript'"
+            f"the dynamo exporter writes opset 17 and above, not {opset}; use exporter='torchscript' "
+            "(--exporter torchscript)"
         )
     model = (
         model_dir_or_model
@@ -758,37 +758,51 @@ def export_onnx(
     wrapper = _OnnxWrapper(model, names, interpolate).eval()
     was_training = model.training
     model.eval()
-    fast = getattr(layers, "fast_cpu_inference", None)  # oneDNN's fused linear has no ONNX form
-    args = (wrapper, example, out_path, names, opset, dynamic_batch)
+    # written in a folder of its own beside the output and moved into place once checked: a failed export
+    # (a full disk, an exporter error) leaves nothing behind, and an older file at out_path stays as it was
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
     try:
-        with fast(False) if fast is not None else contextlib.nullcontext(), torch.no_grad():
-            if exporter == "dynamo" or (exporter == "auto" and opset >= 17 and _dynamo_available()):
-                try:
-                    _export_dynamo(*args)
-                except Exception as e:
-                    if exporter == "dynamo":
-                        raise
-                    first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-                    logger.warning(
-                        "the dynamo ONNX exporter failed (%s); using the TorchScript exporter", first
-                    )
-                    _export_torchscript(*args)
-            else:
-                _export_torchscript(*args)
+        _export_onnx_to(wrapper, example, staging / out_path.name, names, opset, dynamic_batch, exporter, check)
+        for part in sorted(staging.iterdir(), key=lambda f: f.name == out_path.name):  # external data first
+            os.replace(part, out_path.parent / part.name)
+    except OSError as err:
+        raise OSError(f"cannot write {out_path}: {err.strerror or err}") from err
     finally:
         model.train(was_training)
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_path
+
+
+def _export_onnx_to(wrapper: nn.Module, example: torch.Tensor, out_path: Path, names: list[str], opset: int,
+                    dynamic_batch: bool, exporter: str, check: bool) -> None:
+    """Export ``wrapper`` to ``out_path`` with the exporter asked for, then check what was written."""
+    from vitmsn.models.layers import fast_cpu_inference
+
+    args = (wrapper, example, out_path, names, opset, dynamic_batch)
+    with fast_cpu_inference(False), torch.no_grad():  # oneDNN's fused linear has no ONNX form
+        if exporter == "dynamo" or (exporter == "auto" and opset >= 17 and _dynamo_available()):
+            try:
+                _export_dynamo(*args)
+            except Exception as e:
+                if exporter == "dynamo":
+                    raise
+                first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+                logger.warning("the dynamo ONNX exporter failed (%s); using the TorchScript exporter", first)
+                _export_torchscript(*args)
+        else:
+            _export_torchscript(*args)
     import onnx
 
     written = {o.domain: o.version for o in onnx.load(str(out_path), load_external_data=False).opset_import}
     if written.get("", written.get("ai.onnx")) != opset:
         raise ValueError(
             f"the {exporter} exporter wrote opset {written.get('', written.get('ai.onnx'))}, not "
-            f"{opset}; the dynamo exporter writes opset 17 and above only (exporter='torchscript' "
+            f"{opset}; the dynamo exporter writes opset 17 and above only (exporter='torchscript', "
+            "--exporter torchscript, "
             "goes lower)"
         )
     if check:
         onnx.checker.check_model(str(out_path), full_check=True)
-    return out_path
 
 
 # ----------------------------------------------------------------------------------------------- the CLI
