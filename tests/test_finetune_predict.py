@@ -318,7 +318,7 @@ def test_extract_writes_npz(model_dir, data_dir, tmp_path):
     for p in (data_dir / "red").glob("[01].png"):
         (loose / p.name).write_bytes(p.read_bytes())
     with np.load(extract(model_dir, loose, tmp_path / "loose.npz", device="cpu", progress=False)) as f:
-        assert f["labels"].tolist() == [-1, -1] and "classes" not in f
+        assert f["labels"].tolist() == [-1, -1] and f["classes"].shape == (0,)  # always there, as --help says
 
 
 def test_attention_maps(model_dir, data_dir, tmp_path):
@@ -507,6 +507,28 @@ def test_cli_unsupported_devices_are_one_line(finetuned, data_dir, capsys, devic
     image = next((data_dir / "red").glob("*.png"))
     assert main(["predict", "--model", str(finetuned / "best"), str(image), "--device", device]) == 2
     _one_error_line(capsys, message)
+
+
+def test_cli_info_and_the_architectures_of_a_config(model_dir, tmp_path, capsys):
+    """info names the class config.json's architectures give (a list, or one name as a string, as some files
+    hold it), the bare model of its model_type without them; anything else is one error line."""
+    import json
+    import shutil
+
+    assert main(["info", "--model", str(model_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["class"] == "ViTMSNModel"
+    folder = tmp_path / "m"
+    shutil.copytree(model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    for architectures, expected in (("ViTMSNModel", "ViTMSNModel"), (None, "ViTMSNModel"), ([], "ViTMSNModel")):
+        (folder / "config.json").write_text(json.dumps({**config, "architectures": architectures}))
+        assert main(["info", "--model", str(folder), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["class"] == expected
+    for architectures, message in ((7, "architectures must be a list of class names"),
+                                   (["BertModel"], "architecture 'BertModel' is not one vitmsn provides")):
+        (folder / "config.json").write_text(json.dumps({**config, "architectures": architectures}))
+        assert main(["info", "--model", str(folder)]) == 2
+        _one_error_line(capsys, message)
 
 
 def test_cli_dead_data_loader_worker_is_one_line(monkeypatch, capsys):

@@ -368,6 +368,12 @@ def test_resume_refuses_changed_settings(tmp_path):
     assert _check_run_folder(tiny_config(tmp_path / "r", max_steps=2, lr=1e-4), tmp_path / "r", True).lr == 1e-4
     # how the step runs may change: compile gives the same losses and checkpoints
     assert _check_run_folder(tiny_config(tmp_path / "r", max_steps=2, compile=True), tmp_path / "r", True).compile
+    # the data may move, but not change its number of images (the steps per epoch and the schedules follow it)
+    with pytest.raises(ValueError, match="trained on 32 images, the data now holds 48"):
+        pretrain(tiny_config(tmp_path / "r", max_steps=2), resume=True, device="cpu", progress=False,
+                 dataset=Shapes(n=48))
+    pretrain(tiny_config(tmp_path / "r", max_steps=2), resume=True, device="cpu", progress=False,
+             dataset=Shapes(seed=1))  # the same number of (other) images: a moved folder looks like this
 
 
 @pytest.mark.parametrize("log_every", [1, 100])  # 100: the flags are read one step late (StepChecks.push)
@@ -781,6 +787,18 @@ def test_step_masks_depend_on_seed_and_step_only(tmp_path):
     a = mask_for_step(cfg, 3, 8, 16, torch.device("cpu"))
     assert a.shape == (8, 12) and torch.equal(a, mask_for_step(cfg, 3, 8, 16, "cpu"))
     assert not torch.equal(a, mask_for_step(cfg, 4, 8, 16, "cpu"))
+
+
+def test_seeds_beyond_torchs_range_run(tmp_path):
+    """A seed whose derived stream seeds (seed * 1_000_003 + ...) leave the range torch's generators take is
+    folded into it; seeds inside it derive the same streams as before."""
+    from vitmsn.msn.train import mask_for_step, pretrain
+    from vitmsn.training import fit_seed
+
+    assert fit_seed(12345) == 12345 and fit_seed(-5) == -5 and fit_seed(2**64 + 7) == 7
+    cfg = tiny_config(tmp_path / "big", max_steps=1, seed=99_999_999_999_999)
+    pretrain(cfg, device="cpu", progress=False, dataset=Shapes())
+    assert mask_for_step(cfg, 3, 8, 16, "cpu").shape == (8, 12)
 
 
 def test_step_masks_of_processes_are_the_single_process_rows(tmp_path, monkeypatch):

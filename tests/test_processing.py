@@ -629,6 +629,19 @@ def test_bad_inputs(images, match):
         ViTImageProcessor(backend="pil")(images)
 
 
+def test_std_of_zero_and_nan_stats(tmp_path):
+    """A std of 0 (or a nan mean) would make every pixel inf or nan: one error, also naming a saved file's folder."""
+    for kwargs in ({"image_std": [0.5, 0, 0.5]}, {"image_std": 0}, {"image_mean": [float("nan")] * 3}):
+        with pytest.raises(ValueError, match="must be finite"):
+            ViTImageProcessor(**kwargs)
+    with pytest.raises(ValueError, match="image_std must be finite and nonzero"):
+        ViTImageProcessor()(np.zeros((8, 8, 3), np.uint8), image_std=0.0)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_std": [0, 0, 0]}))
+    for loader in (ViTImageProcessor, AutoImageProcessor):
+        with pytest.raises(ValueError, match=f"image processor of {tmp_path}: image_std must be finite"):
+            loader.from_pretrained(tmp_path)
+
+
 def test_bad_arguments(photos):
     proc = ViTImageProcessor()
     with pytest.raises(ValueError, match="return_tensors"):

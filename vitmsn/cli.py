@@ -48,16 +48,10 @@ def _setup_logging(verbose: bool) -> None:
 def cmd_info(args: argparse.Namespace) -> None:
     """Print a checkpoint's class, configuration and parameter count."""
     from vitmsn.checkpoints import load_config_dict
-    from vitmsn.models.hf import MODEL_CLASSES
+    from vitmsn.models.hf import model_class_for
 
-    data = load_config_dict(args.model)
-    arch = (data.get("architectures") or ["ViTMSNModel"])[0]
-    cls = MODEL_CLASSES.get(arch)
-    if cls is None:
-        raise UserError(f"{args.model}: architecture {arch!r} is not one vitmsn provides "
-                        f"({', '.join(MODEL_CLASSES)})")
-    model = cls.from_pretrained(args.model)
-    c = model.config
+    model = model_class_for(load_config_dict(args.model), args.model).from_pretrained(args.model)
+    c, arch = model.config, type(model).__name__
     info = {"class": arch, "model_type": c.model_type, "parameters": model.num_parameters(),
             "hidden_size": c.hidden_size, "layers": c.num_hidden_layers, "heads": c.num_attention_heads,
             "image_size": c.image_size, "patch_size": c.patch_size, "num_channels": c.num_channels,

@@ -575,16 +575,9 @@ def from_timm(
 
 def _load_model_dir(path: str | os.PathLike) -> PreTrainedModel:
     """A transformers-format directory (or Hub id) -> the vitmsn class named in its config.json."""
-    from vitmsn.models.hf import MODEL_CLASSES
+    from vitmsn.models.hf import model_class_for
 
-    data = load_config_dict(path)
-    default = "ViTMSNModel" if data.get("model_type") == "vit_msn" else "ViTModel"
-    name = (data.get("architectures") or [default])[0]
-    if name not in MODEL_CLASSES:
-        raise CheckpointError(
-            f"{path}: architecture {name!r} is not one vitmsn provides ({', '.join(MODEL_CLASSES)})"
-        )
-    return MODEL_CLASSES[name].from_pretrained(path)
+    return model_class_for(load_config_dict(path), path).from_pretrained(path)
 
 
 def _output_names(model: nn.Module) -> list[str]:

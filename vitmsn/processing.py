@@ -346,12 +346,16 @@ def _standardize_pad_size(pad_size: Any) -> dict[str, int] | None:
 
 
 def _standardize_stats(value: Any, name: str) -> tuple[float, ...] | float:
-    if isinstance(value, int | float | np.number):
-        return float(value)
+    """``image_mean`` / ``image_std`` as a float or a tuple of floats; they must be finite, and a std nonzero
+    (it divides: a 0 would make every pixel inf or nan)."""
     try:
-        return tuple(float(v) for v in value)
+        out = float(value) if isinstance(value, int | float | np.number) else tuple(float(v) for v in value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a float or a sequence of floats; got {value!r}.") from None
+    values = out if isinstance(out, tuple) else (out,)
+    if not all(np.isfinite(v) for v in values) or (name == "image_std" and 0.0 in values):
+        raise ValueError(f"{name} must be finite{' and nonzero' if name == 'image_std' else ''}; got {value!r}.")
+    return out
 
 
 def _standardize_backend(backend: str | None, fast: bool | None, default: str = "torch") -> str:
@@ -1422,7 +1426,10 @@ class ViTImageProcessor(PushToHubMixin):
         )
         if use_fast is not None and kwargs.get("backend") is None and kwargs.get("fast") is None:
             kwargs["fast"] = bool(use_fast)  # backend wins, as in transformers
-        return cls.from_dict(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        try:
+            return cls.from_dict(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        except ValueError as e:
+            raise ValueError(f"the image processor of {pretrained_model_name_or_path}: {e}") from None
 
     def __repr__(self) -> str:
         default = self._class_backend or "torch"
@@ -1630,7 +1637,11 @@ class AutoImageProcessor:
         chosen = _standardize_backend(backend, None if backend is not None else fast,
                                       _backend_of_config(config) or "torch")
         processor_class = ViTImageProcessorPil if chosen == "pil" else ViTImageProcessor
-        return processor_class.from_dict(config, backend=chosen, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        try:
+            return processor_class.from_dict(config, backend=chosen, return_unused_kwargs=return_unused_kwargs,
+                                             **kwargs)
+        except ValueError as e:
+            raise ValueError(f"the image processor of {pretrained_model_name_or_path}: {e}") from None
 
 
 AutoFeatureExtractor = AutoImageProcessor

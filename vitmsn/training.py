@@ -57,7 +57,7 @@ class GlobalBatchSampler(Sampler[int]):
         self.epoch, self.start_batch = epoch, start_batch
 
     def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = torch.Generator().manual_seed(fit_seed(self.seed * 1_000_003 + self.epoch))
         order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
         G = self.b * self.world
         for i in range(self.start_batch, self.batches_per_epoch):
@@ -97,16 +97,22 @@ class SeededTransform(Dataset):
         else:
             (image, label), reason = self.base[index], None
         s = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
-        torch.manual_seed(s)
+        torch.manual_seed(fit_seed(s))
         random.seed(s)
         if self.report_skips:
             return self.transform(image), label, reason or ""
         return self.transform(image), label
 
 
+def fit_seed(value: int) -> int:
+    """A seed derived from a run's seed and counters, folded into the range torch's generators take (-2**63
+    to 2**64 - 1) when it is outside: the same seed as before for every value inside it."""
+    return value if -(1 << 63) <= value < (1 << 64) else value % (1 << 64)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(fit_seed(seed))
 
 
 def rng_state(device: torch.device | None = None) -> dict[str, Any]:

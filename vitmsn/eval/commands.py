@@ -236,7 +236,8 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp = add(
         "extract", cmd_extract, "write a model's frozen features of a dataset to an .npz",
         "CLS features of every image, with labels (class sub-folders; -1 for loose images) and paths, in an\n"
-        ".npz (features (N, D) float32, labels (N,), paths (N,), classes). Unreadable images are left out.\n\n"
+        ".npz (features (N, D) float32, labels (N,), paths (N,), classes: the class names, empty for loose images,\n"
+        "whose labels are -1). Unreadable images are left out.\n\n"
         "example:\n  vitmsn extract --model my-model --data fashion-mnist --split test --out test.npz",
     )  # fmt: skip
     sp.add_argument(

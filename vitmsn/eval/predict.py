@@ -81,10 +81,10 @@ def load_classifier(
         ValueError: the checkpoint is a bare encoder (it has no trained classifier).
     """
     from vitmsn.checkpoints import load_config_dict
-    from vitmsn.models.hf import MODEL_CLASSES
+    from vitmsn.models.hf import MODEL_CLASSES, architecture_of
 
     data = load_config_dict(model)
-    arch = (data.get("architectures") or [None])[0]
+    arch = architecture_of(data)
     if data.get("model_type") not in ("vit", "vit_msn"):
         raise ValueError(f"{model} is a {data.get('model_type', 'model without model_type')!r} model; vitmsn reads "
                          "'vit' and 'vit_msn' models")
@@ -253,8 +253,8 @@ def extract(
         pool: ``"cls"`` (after the final LayerNorm) or ``"cls_prenorm"`` (before it).
 
     Returns:
-        The ``.npz`` path, holding ``features`` (N, D) float32, ``labels`` (N,) int64, ``paths`` (N,) and, for
-        labelled data, ``classes``.
+        The ``.npz`` path, holding ``features`` (N, D) float32, ``labels`` (N,) int64, ``paths`` (N,) and
+        ``classes`` (the class names labels index; empty for loose images, whose labels are -1).
     """
     if pool not in POOLINGS:
         raise ValueError(f"pool must be one of {POOLINGS}, got {pool!r}")
@@ -272,7 +272,7 @@ def extract(
     else:
         split = split or _default_folder_split(Path(data))
         dataset = labelled_or_unlabelled_folder(Path(data) / split if split else data)
-        paths, classes = None, (list(dataset.classes) or None)
+        paths, classes = None, list(dataset.classes)  # [] for loose images (labels -1)
     dev = resolve_device(device)
     backbone, processor = load_backbone(model, device=dev)
     with bf16_autocast(dev, bf16):

@@ -233,7 +233,7 @@ def quickstart(*, data: str | None = None, out: str = "runs/quickstart", smoke: 
     from vitmsn.models.hf import ViTMSNModel
     from vitmsn.msn.config import preset
     from vitmsn.msn.train import LATEST, export_encoder, pretrain
-    from vitmsn.training import load_checkpoint
+    from vitmsn.training import fit_seed, load_checkpoint
 
     outp = Path(out)
     _check_quickstart_settings(settings or [])
@@ -276,7 +276,7 @@ def quickstart(*, data: str | None = None, out: str = "runs/quickstart", smoke: 
     n_train, n_test = (2000, 1000) if smoke else (None, None)
     train, test = _first(train, n_train), _first(test, n_test)
     msn, processor = load_backbone(model_dir, device=resolve_device(device))
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(fit_seed(cfg.seed))
     random_vit = ViTMSNModel(cfg.encoder_config()).to(msn.pos_embed.device).eval()
     random_vit.init_backbone_weights(zero_embeddings=False)  # random, as at the start of pretraining
     feats = {}

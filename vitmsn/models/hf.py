@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitmsn.checkpoints import CheckpointError
 from vitmsn.config import ViTConfig, ViTMSNConfig, default_labels
 from vitmsn.hub import PushToHubMixin
 from vitmsn.models.heads import Pooler, simmim_decoder
@@ -574,3 +575,28 @@ MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
     c.__name__: c for c in (ViTMSNModel, ViTMSNForImageClassification, ViTModel, ViTForImageClassification,
                             ViTForMaskedImageModeling)
 }
+
+
+def architecture_of(config: dict[str, Any]) -> str | None:
+    """The class a config.json names: the first of its ``architectures`` (a list, or one name as a string),
+    else None."""
+    names = config.get("architectures")
+    if isinstance(names, str):
+        return names
+    if isinstance(names, list | tuple) and names and isinstance(names[0], str):
+        return names[0]
+    if names not in (None, [], ()):
+        raise CheckpointError(f"architectures must be a list of class names, got {names!r}")
+    return None
+
+
+def model_class_for(config: dict[str, Any], source: str | os.PathLike) -> type[PreTrainedModel]:
+    """The vitmsn class of a config.json (``source``: where it came from, for the error): its architecture,
+    else the bare model of its model_type."""
+    default = "ViTMSNModel" if config.get("model_type") == "vit_msn" else "ViTModel"
+    name = architecture_of(config) or default
+    if name not in MODEL_CLASSES:
+        raise CheckpointError(
+            f"{source}: architecture {name!r} is not one vitmsn provides ({', '.join(MODEL_CLASSES)})"
+        )
+    return MODEL_CLASSES[name]

@@ -43,6 +43,7 @@ from vitmsn.training import (
     StopRequests,
     TrainingInterrupted,
     adamw,
+    fit_seed,
     ignore_sigint,
     load_checkpoint,
     load_optimizer_state,
@@ -180,7 +181,7 @@ class BatchedViews:
         order = torch.tensor(list(s), dtype=torch.int64)  # this process's rows of the remaining batches
         for i in range(len(order) // b):
             batch = s.start_batch + i
-            g = torch.Generator().manual_seed((self.seed * 1_000_003 + s.epoch) * 1_000_033 + batch)
+            g = torch.Generator().manual_seed(fit_seed((self.seed * 1_000_003 + s.epoch) * 1_000_033 + batch))
             rows = dist.to_device(order[i * b: (i + 1) * b], self.images.device)
             pixels = dist.to_device(self.images[rows], self.device)  # (b, C, H, W)
             # the draws of the whole global batch, this process's rows: W processes = 1 process
@@ -212,13 +213,23 @@ class MSNState:
     prototypes: Prototypes
     optimizer: torch.optim.Optimizer
     step: int = 0
+    #: images in the data set the run trains on (the steps per epoch, and so the schedules, follow from it)
+    num_images: int | None = None
 
     def state_dict(self, cfg: PretrainConfig) -> dict[str, Any]:
         return {"step": self.step, "online": self.online.state_dict(), "target": self.target.state_dict(),
                 "prototypes": self.prototypes.weight.detach(), "optimizer": self.optimizer.state_dict(),
-                "rng": rng_state(self.prototypes.weight.device), "config": cfg.to_dict()}
+                "rng": rng_state(self.prototypes.weight.device), "config": cfg.to_dict(),
+                "num_images": self.num_images}
 
     def load_state_dict(self, state: dict[str, Any], source: str | Path = "the checkpoint") -> None:
+        saved = state.get("num_images")  # (None in checkpoints from before it was kept)
+        if saved is not None and self.num_images is not None and saved != self.num_images:
+            raise ValueError(
+                f"{source}: the run was trained on {saved} images, the data now holds {self.num_images}; the steps "
+                "per epoch, the schedules and the place in the epoch follow from that number, so a run resumes "
+                "only on the same images (in a folder that may have moved). To train on other images, start a "
+                "new run (--init takes an exported encoder)")
         fix = "its run's config.json says which settings it was made with"
         load_weights_into(self.online, state["online"], source, fix)
         load_weights_into(self.target, state["target"], source, fix)
@@ -290,7 +301,7 @@ def mask_for_step(cfg: PretrainConfig, step: int, global_batch: int, num_patches
                   device: torch.device) -> torch.Tensor:
     """This process's rows of the step's keep indices: a function of (seed, step) alone, ``global_batch`` rows
     laid out view by view (R random views of the W processes' b images each): W processes = 1 process."""
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    g = torch.Generator().manual_seed(fit_seed(cfg.seed * 1_000_003 + step))
     keep = random_keep_indices(global_batch, num_patches, cfg.patch_drop, per_sample=cfg.mask_per_sample, generator=g)
     R, W = cfg.rand_views, dist.world_size()
     mine = keep.view(R, W, global_batch // (R * W), -1)[:, dist.rank()]  # (R, b, K)
@@ -442,6 +453,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
 
     # -- networks, prototypes, optimizer; the loss
     state = build_state(cfg, dev, init=None if resume else init)
+    state.num_images = len(images)
     online, target = networks_to_call(state, cfg, _ddp(state.online) if W > 1 else state.online)
     criterion = build_criterion(cfg)
     if resume:
