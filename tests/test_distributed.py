@@ -94,3 +94,29 @@ def test_tf32_switch_restores_and_skips_the_cpu():
             assert getattr(matmul, attr) == off
     finally:
         setattr(matmul, attr, before)
+
+
+def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
+    """torchrun --nproc_per_node 2 on a machine that shows one GPU: a clear error before NCCL starts (both
+    processes would otherwise take GPU 0, and NCCL fails with 'Duplicate GPU detected'). A launcher that shows
+    each process its own single GPU (LOCAL_WORLD_SIZE unset or 1) still takes GPU 0."""
+    import pytest
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"LOCAL_RANK 1, but this machine shows 1 GPU\(s\).*--nproc_per_node 1"):
+        dist.init_from_env("cuda")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    chosen = []
+
+    def set_device(device):  # the GPU it takes; then stop before a process group is started
+        chosen.append(device)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    with pytest.raises(RuntimeError, match="stop"):
+        dist.init_from_env("cuda")
+    assert chosen == [torch.device("cuda", 0)]

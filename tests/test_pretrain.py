@@ -125,6 +125,46 @@ def test_ddp_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
     assert outcomes == ["NonFiniteLossError"] * 2
 
 
+def _ddp_save_fails_on_rank_0(rank: int, world: int, port: int, out: str) -> None:
+    """Process 0 cannot write its second checkpoint (a full disk); each rank writes the error it stopped with."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from vitmsn import distributed
+    from vitmsn.msn import train
+
+    calls = [0]
+    save = train.save_checkpoint
+
+    def full_disk(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise OSError("cannot write latest.pt: No space left on device")
+        return save(*args, **kwargs)
+
+    train.save_checkpoint = full_disk
+    try:
+        train.pretrain(tiny_config(Path(out), max_steps=3, checkpoint_every_steps=1), device="cpu", progress=False,
+                       dataset=Shapes())
+        outcome = "finished"
+    except Exception as e:  # noqa: BLE001 - the test compares what each rank raised
+        outcome = f"{type(e).__name__}: {e}"
+    finally:
+        distributed.shutdown()
+    Path(out, f"rank{rank}.txt").write_text(outcome)
+    leave_worker()
+
+
+def test_ddp_failed_checkpoint_write_stops_every_rank(tmp_path):
+    """A checkpoint that process 0 cannot write stops every process at once, each with an error that says so
+    (none waits in the next all-reduce until its timeout)."""
+    mp.start_processes(_ddp_save_fails_on_rank_0, args=(2, _free_port(), str(tmp_path)), nprocs=2,
+                       start_method="spawn")
+    outcomes = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert outcomes[0] == "OSError: cannot write latest.pt: No space left on device"
+    assert outcomes[1].startswith("RuntimeError: process 0 could not write") and "latest.pt" in outcomes[1]
+
+
 def _ddp_signal_on_rank_1(rank: int, world: int, port: int, out: str, log_every: int) -> None:
     """Rank 1 gets a SIGTERM during its second step; each rank writes what it stopped with, and at which step."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
@@ -520,6 +560,21 @@ def test_compiled_run_matches_eager(tmp_path):
     assert keys[True] == keys[False]
     np.testing.assert_allclose(losses[True][0], losses[False][0], rtol=1e-5)  # the same weights and views
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-3)  # AdamW amplifies rounding differences
+
+
+def test_compiled_ddp_run_matches_eager(tmp_path, one_thread):
+    """compile=True with 2 processes (the DDP wrapper compiled, BatchNorm over the global batch): it trains,
+    and its losses are those of the eager 2-process run. (Compiled, the global BatchNorm's in-place update
+    of its running mean once changed a tensor the compiled backward had kept, and the first backward failed.)"""
+    losses = {}
+    for compiled in (False, True):
+        kw = {"max_steps": 2, "compile": compiled, "view_maker": "workers"}
+        mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path / str(compiled)), kw), nprocs=2,
+                           start_method="spawn")
+        losses[compiled] = np.loadtxt(tmp_path / str(compiled) / "log.csv", delimiter=",", skiprows=1, usecols=3)
+    assert losses[True].shape == (2,)
+    np.testing.assert_allclose(losses[True][0], losses[False][0], rtol=1e-5)
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-3)
 
 
 def test_compile_without_a_compiler_is_one_clear_error(tmp_path, monkeypatch):

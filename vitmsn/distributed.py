@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
+
 
 def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -46,8 +48,10 @@ def init_from_env(device: str | None = None) -> torch.device:
                 dist.init_process_group(backend="gloo", timeout=timedelta(minutes=30))
             return torch.device("cpu")
         local_rank, count = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
-        if count > 1 and local_rank >= count:
-            raise ValueError(f"LOCAL_RANK {local_rank}, but this machine shows {count} GPUs: start at most one "
+        local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        if (count > 1 or local_procs > 1) and local_rank >= count:
+            # (a launcher that shows each process only its own GPU starts one process per node's view of it)
+            raise ValueError(f"LOCAL_RANK {local_rank}, but this machine shows {count} GPU(s): start at most one "
                              f"process per GPU (torchrun --nproc_per_node {count})")
         # a launcher that shows each process only its own GPU (one per task) leaves LOCAL_RANK beyond the count
         dev = torch.device("cuda", local_rank if count > 1 else 0)
@@ -213,7 +217,10 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
             return super().forward(x)
         # x: (n, C) local rows; stats: (2C + 1,) = [sum (x - k), sum (x - k)^2, n], summed over processes
         dt = torch.promote_types(x.dtype, torch.float32)  # bf16 under autocast: float32
-        shift = self.running_mean.to(dt) if self.track_running_stats else x.new_zeros(x.shape[1], dtype=dt)
+        # (compiled, no shift: the compiled backward may keep the running mean itself, which the update below
+        # then changes in place, and autograd refuses a changed saved tensor)
+        shifted = self.track_running_stats and not _is_compiling()
+        shift = self.running_mean.to(dt) if shifted else x.new_zeros(x.shape[1], dtype=dt)
         xs = x.to(dt) - shift  # (n, C)
         stats = torch.cat([xs.sum(0), (xs * xs).sum(0), xs.new_full((1,), x.shape[0])])
         stats = _AllReduceSum.apply(stats)

@@ -405,7 +405,7 @@ def train_step(state: MSNState, cfg: PretrainConfig, criterion: MSNLoss, sched: 
         dist.all_reduce_sum_(state.prototypes.weight.grad)
     clip = cfg.clip_grad > 0
     grad_norm = torch.nn.utils.clip_grad_norm_(state.online.parameters(), cfg.clip_grad) if clip \
-        else terms.new_tensor(float("nan"))
+        else terms.new_full((), float("nan"))  # made on the device (new_tensor would copy from the host)
     # a non-finite loss (or, when clipped, gradient norm) changes no weight; (), the same on every process
     checked = torch.cat([terms, grad_norm.reshape(1).to(terms.dtype)]) if clip else terms
     non_finite = skip_if_non_finite(state.optimizer, checked, step)
@@ -580,12 +580,23 @@ def _sum_over_processes(counts: list[int], device: torch.device) -> list[int]:
 
 
 def _save(state: MSNState, cfg: PretrainConfig, ckpt_dir: Path, *, numbered: bool, epoch: int) -> None:
-    if not dist.is_main():
-        return
-    sd = state.state_dict(cfg)
-    save_checkpoint(sd, ckpt_dir / LATEST)
-    if numbered:
-        save_checkpoint(sd, ckpt_dir / f"epoch-{epoch:04d}.pt")
+    """Process 0 writes the checkpoint; every process must call this: with several, they all learn whether
+    the write failed (a full disk) and stop together, instead of the others waiting in the next all-reduce
+    until its timeout."""
+    error: Exception | None = None
+    if dist.is_main():
+        try:
+            sd = state.state_dict(cfg)
+            save_checkpoint(sd, ckpt_dir / LATEST)
+            if numbered:
+                save_checkpoint(sd, ckpt_dir / f"epoch-{epoch:04d}.pt")
+        except Exception as e:  # noqa: BLE001 - raised below, once every process knows
+            error = e
+    if dist.world_size() > 1 and _sum_over_processes([error is not None], state.prototypes.weight.device)[0]:
+        if error is None:
+            raise RuntimeError(f"process 0 could not write {ckpt_dir / LATEST} (its error is in its output)")
+    if error is not None:
+        raise error
 
 
 def _check_run_folder(cfg: PretrainConfig, out: Path, resume: bool) -> PretrainConfig:
