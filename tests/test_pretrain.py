@@ -811,6 +811,7 @@ def test_bad_runs_and_checkpoints_are_one_clear_line_and_change_nothing(tmp_path
     assert "log_every must be an integer >= 1" in error("pretrain", "--set", "log_every=0")
     assert "rand_crop_scale must be two numbers" in error("pretrain", "--set", "rand_crop_scale=0.5")
     assert "epochs must be an integer >= 1" in error("pretrain", "--epochs", "0")
+    assert "no stochastic depth" in error("pretrain", "--set", "drop_path=0.1")  # a setting that did nothing
 
     # a run, then: export into it / over a model; a fine-tuning-style checkpoint; a run of another shape
     run = tmp_path / "run"
