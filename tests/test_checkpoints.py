@@ -307,6 +307,19 @@ def test_failed_writes_are_one_oserror_and_leave_nothing(tmp_path, error, reason
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.pt"] and (tmp_path / "old.pt").read_text() == "old"
 
 
+def test_other_writer_errors_stay_themselves_on_a_full_disk(tmp_path, monkeypatch):
+    """An error that is no failed write (an object that cannot be pickled) is not called a full disk, even
+    when the disk is nearly full."""
+    import threading
+
+    from vitmsn.checkpoints import atomic_write
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100, 100, 0))
+    with pytest.raises(TypeError, match="cannot pickle"):
+        atomic_write(tmp_path / "x.pkl", lambda tmp: pickle.dump(threading.Lock(), open(tmp, "wb")))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_index_file_that_is_not_an_object(tmp_path):
     vitmsn.ViTMSNModel(vitmsn.ViTMSNConfig(**TINY)).save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").unlink()

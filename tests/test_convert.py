@@ -609,6 +609,13 @@ def test_failed_onnx_export_leaves_nothing(tmp_path, ort, monkeypatch):
     assert main(["export-onnx", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "new.onnx"),
                  "--exporter", "torchscript"]) == 0
     assert _run(ort, tmp_path / "new.onnx", torch.randn(1, 3, 32, 32))[0].shape == (1, 17, 32)
+    # through a symlink: the file it points to is written, the link stays
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "real.onnx").write_bytes(b"older")
+    (tmp_path / "link.onnx").symlink_to(tmp_path / "elsewhere" / "real.onnx")
+    export_onnx(model, tmp_path / "link.onnx", exporter="torchscript")
+    assert (tmp_path / "link.onnx").is_symlink()
+    assert _run(ort, tmp_path / "elsewhere" / "real.onnx", torch.randn(1, 3, 32, 32))[0].shape == (1, 17, 32)
 
 
 def test_onnx_opset_below_17(tmp_path, ort):

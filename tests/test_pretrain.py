@@ -125,8 +125,9 @@ def test_ddp_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
     assert outcomes == ["NonFiniteLossError"] * 2
 
 
-def _ddp_save_fails_on_rank_0(rank: int, world: int, port: int, out: str) -> None:
-    """Process 0 cannot write its second checkpoint (a full disk); each rank writes the error it stopped with."""
+def _ddp_write_fails_on_rank_0(rank: int, world: int, port: int, out: str, what: str) -> None:
+    """Process 0 cannot write its second checkpoint or log line (``what``: "save" or "log"; a full disk); each
+    rank writes the error it stopped with."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -134,15 +135,17 @@ def _ddp_save_fails_on_rank_0(rank: int, world: int, port: int, out: str) -> Non
     from vitmsn.msn import train
 
     calls = [0]
-    save = train.save_checkpoint
+    owner, name = (train, "save_checkpoint") if what == "save" else (train.MetricLogger, "log")
+    write = getattr(owner, name)
 
     def full_disk(*args, **kwargs):
         calls[0] += 1
         if calls[0] == 2:
-            raise OSError("cannot write latest.pt: No space left on device")
-        return save(*args, **kwargs)
+            raise OSError(f"cannot write the {what}: No space left on device")
+        return write(*args, **kwargs)
 
-    train.save_checkpoint = full_disk
+    if rank == 0:  # (the other processes call the logger too, which writes nothing there)
+        setattr(owner, name, full_disk)
     try:
         train.pretrain(tiny_config(Path(out), max_steps=3, checkpoint_every_steps=1), device="cpu", progress=False,
                        dataset=Shapes())
@@ -155,14 +158,15 @@ def _ddp_save_fails_on_rank_0(rank: int, world: int, port: int, out: str) -> Non
     leave_worker()
 
 
-def test_ddp_failed_checkpoint_write_stops_every_rank(tmp_path):
-    """A checkpoint that process 0 cannot write stops every process at once, each with an error that says so
-    (none waits in the next all-reduce until its timeout)."""
-    mp.start_processes(_ddp_save_fails_on_rank_0, args=(2, _free_port(), str(tmp_path)), nprocs=2,
+@pytest.mark.parametrize("what", ["save", "log"])
+def test_ddp_failed_write_stops_every_rank(tmp_path, what):
+    """A checkpoint or log line that process 0 cannot write stops every process, each with an error that says
+    so (none waits in the next all-reduce until its timeout)."""
+    mp.start_processes(_ddp_write_fails_on_rank_0, args=(2, _free_port(), str(tmp_path), what), nprocs=2,
                        start_method="spawn")
     outcomes = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
-    assert outcomes[0] == "OSError: cannot write latest.pt: No space left on device"
-    assert outcomes[1].startswith("RuntimeError: process 0 could not write") and "latest.pt" in outcomes[1]
+    assert outcomes[0] == f"OSError: cannot write the {what}: No space left on device"
+    assert outcomes[1] == f"OSError: process 0 could not write to {tmp_path} (its error is in its output)"
 
 
 def _ddp_signal_on_rank_1(rank: int, world: int, port: int, out: str, log_every: int) -> None:
@@ -414,6 +418,21 @@ def test_resume_refuses_changed_settings(tmp_path):
                  dataset=Shapes(n=48))
     pretrain(tiny_config(tmp_path / "r", max_steps=2), resume=True, device="cpu", progress=False,
              dataset=Shapes(seed=1))  # the same number of (other) images: a moved folder looks like this
+    # a run of an earlier version that set drop_path (to no effect; a new run refuses it) still resumes and exports
+    from vitmsn.checkpoints import atomic_torch_save
+    from vitmsn.msn.train import export_encoder
+
+    latest = tmp_path / "r" / "checkpoints" / "latest.pt"
+    state = load_checkpoint(latest)
+    state["config"]["drop_path"] = 0.1
+    atomic_torch_save(state, latest)  # (not torch.save over the file: the loaded tensors are mapped from it)
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    (tmp_path / "r" / "config.json").write_text(json.dumps({**saved, "drop_path": 0.1}))
+    export_encoder(tmp_path / "r", tmp_path / "exported")
+    with pytest.raises(ValueError, match="no stochastic depth"):
+        pretrain(tiny_config(tmp_path / "new", drop_path=0.1), device="cpu", progress=False, dataset=Shapes())
+    pretrain(tiny_config(tmp_path / "r", max_steps=3, drop_path=0.1), resume=True, device="cpu", progress=False,
+             dataset=Shapes())
 
 
 @pytest.mark.parametrize("log_every", [1, 100])  # 100: the flags are read one step late (StepChecks.push)

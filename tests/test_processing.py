@@ -797,8 +797,9 @@ def test_images_by_path_url_and_base64(image_files):
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/b.jpg"
         b64 = base64.b64encode(image_files["png"].read_bytes()).decode()
+        lines = base64.encodebytes(image_files["png"].read_bytes()).decode()  # 76 characters a line, as files hold it
         sources = [str(image_files["png"]), [str(image_files["jpg"]), str(image_files["rotated"])], url, b64,
-                   "data:image/png;base64," + b64]
+                   "data:image/png;base64," + b64, lines]
         for backend, reference in both_references():
             proc = ViTImageProcessor(backend=backend)
             for source in sources:
@@ -833,10 +834,12 @@ def test_bad_image_sources(image_files, tmp_path):
         port = sock.getsockname()[1]
     with pytest.raises(ValueError, match="Could not download the image"):
         proc(f"http://127.0.0.1:{port}/x.png")
+    with pytest.raises(ValueError, match="Could not download the image"):
+        proc("http://exa mple.com/a.png")  # a malformed URL (http.client's InvalidURL)
 
 
 @pytest.mark.parametrize("backend", ["pil", "torch"])
-def test_settings_changed_after_construction(photos, backend):
+def test_settings_changed_after_construction(photos, backend, tmp_path):
     """size, crop_size and pad_size set as attributes (an int or a pair) work as at construction, as in
     transformers."""
     image = photos["chelsea"]
@@ -850,6 +853,12 @@ def test_settings_changed_after_construction(photos, backend):
     assert_same(proc(image, return_tensors="np")["pixel_values"], same(image, return_tensors="np")["pixel_values"])
     proc.do_pad, proc.pad_size = True, 30
     assert proc(image, return_tensors="pt")["pixel_values"].shape == (1, 3, 30, 30)
+    # kept as the constructor keeps them: read as attributes, saved, loaded back
+    assert (proc.size.height, proc.crop_size.width, proc.pad_size.height) == (40, 20, 30)
+    proc.save_pretrained(tmp_path)
+    again = ViTImageProcessor.from_pretrained(tmp_path, backend=backend)
+    assert_same(again(image, return_tensors="np")["pixel_values"], proc(image, return_tensors="np")["pixel_values"])
+    assert '"height": 40' in repr(proc)
 
 
 def test_size_reads_as_attributes():

@@ -94,19 +94,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 
 def _raise_if_disk_error(path: Path, err: Exception) -> None:
     """Raise ``OSError`` naming ``path`` for a writer's error that is a failed write underneath: torch.save's
-    ("unexpected pos", "file write failed") and safetensors' ("No space left on device (os error 28)"), or any
-    error while the disk is full."""
+    ("unexpected pos", "file write failed") and safetensors' ("No space left on device (os error 28)"); said
+    to be a full disk when it is one."""
     import shutil
 
     text = str(err)
+    if not any(sign in text for sign in ("os error", "unexpected pos", "write failed")):
+        return  # not a failed write (a value that cannot be saved, ...): the writer's own error
     try:
         full = shutil.disk_usage(path.parent).free < (1 << 20)
     except OSError:
         full = False
     if full or "os error 28" in text:
         raise OSError(f"cannot write {path}: No space left on device") from err
-    if "os error" in text or "unexpected pos" in text or "write failed" in text:
-        raise OSError(f"cannot write {path}: the write failed ({text.strip()})") from err
+    raise OSError(f"cannot write {path}: the write failed ({text.strip()})") from err
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

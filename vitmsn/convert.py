@@ -753,16 +753,20 @@ def export_onnx(
     model.eval()
     # written in a folder of its own beside the output and moved into place once checked: a failed export
     # (a full disk, an exporter error) leaves nothing behind, and an older file at out_path stays as it was
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
+    # (a symlink: the file it points to is replaced, as writing through it would)
+    target = Path(os.path.realpath(out_path))
+    staging: Path | None = None
     try:
-        _export_onnx_to(wrapper, example, staging / out_path.name, names, opset, dynamic_batch, exporter, check)
-        for part in sorted(staging.iterdir(), key=lambda f: f.name == out_path.name):  # external data first
-            os.replace(part, out_path.parent / part.name)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        _export_onnx_to(wrapper, example, staging / target.name, names, opset, dynamic_batch, exporter, check)
+        for part in sorted(staging.iterdir(), key=lambda f: f.name == target.name):  # external data first
+            os.replace(part, target.parent / part.name)
     except OSError as err:
         raise OSError(f"cannot write {out_path}: {err.strerror or err}") from err
     finally:
         model.train(was_training)
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return out_path
 
 

@@ -407,6 +407,7 @@ def _read_source(source: str | os.PathLike[str]) -> tuple[bytes | str, str]:
 
     text = os.fspath(source)
     if text.startswith(("http://", "https://")):
+        import http.client
         import urllib.error
         import urllib.request
 
@@ -416,13 +417,14 @@ def _read_source(source: str | os.PathLike[str]) -> tuple[bytes | str, str]:
         try:
             with urllib.request.urlopen(request, timeout=URL_TIMEOUT) as response:
                 return response.read(), text
-        except (urllib.error.URLError, OSError) as err:
-            raise ValueError(f"Could not download the image {text}: {getattr(err, 'reason', err)}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as err:
+            reason = getattr(err, "reason", None) or err or type(err).__name__
+            raise ValueError(f"Could not download the image {text}: {reason}") from None
     if os.path.isfile(text):
         return text, text
     if not isinstance(source, str) or os.path.exists(text):
         raise ValueError(f"Image {text!r} is not a file.")
-    data = text.split(",", 1)[1] if text.startswith("data:image/") else text
+    data = "".join((text.split(",", 1)[1] if text.startswith("data:image/") else text).split())  # lines of 76
     shown = text if len(text) <= 80 else text[:77] + "..."
     try:
         return base64.b64decode(data, validate=True), f"{shown!r} (no such file; read as base64 image data)"
@@ -1071,6 +1073,14 @@ class ViTImageProcessor(PushToHubMixin):
         self._extra: dict[str, Any] = {}
         for key, value in kwargs.items():
             self._set_extra(key, value, stacklevel=3)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # sizes set after construction (an int, a pair) are kept as the constructor keeps them: a SizeDict
+        if name in ("size", "crop_size") and value is not None:
+            value = _standardize_size(value, name=name)
+        elif name == "pad_size":
+            value = _standardize_pad_size(value)
+        super().__setattr__(name, value)
 
     def _set_extra(self, key: str, value: Any, stacklevel: int = 2) -> bool:
         """Keep an unknown key as an attribute (saved by ``save_pretrained``), unless it would shadow a method or

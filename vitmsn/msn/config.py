@@ -27,7 +27,9 @@ class PretrainConfig:
     intermediate_size: int = 1536
     patch_size: int = 16
     num_channels: int = 3
-    drop_path: float = 0.0  # stochastic depth: not implemented (the paper presets use 0), so only 0 is taken
+    # stochastic depth: not implemented (the paper presets use 0), so a new run takes only 0; runs of earlier
+    # versions that set it (to no effect) still resume and export
+    drop_path: float = 0.0
     # -- data
     dataset: str = "folder"  # "folder" (an image folder, recursive) or "fashion-mnist"
     data: str | None = None  # path of the folder / of the IDX files
@@ -127,9 +129,6 @@ class PretrainConfig:
             raise ValueError(f"dataset must be 'folder' or 'fashion-mnist', got {self.dataset!r}")
         if self.view_maker not in ("auto", "workers", "batched"):
             raise ValueError(f"view_maker must be 'auto', 'workers' or 'batched', got {self.view_maker!r}")
-        if self.drop_path != 0:  # kept as a setting (run folders of earlier versions hold it), refused when used
-            raise ValueError(f"drop_path={self.drop_path}: the encoder has no stochastic depth (the paper's presets "
-                             "use 0); only 0 is taken")
         if not 0.0 <= self.patch_drop < 1.0:
             raise ValueError(f"patch_drop must be in [0, 1), got {self.patch_drop}")
         for name in ("rand_size", "focal_size"):

@@ -430,6 +430,9 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
     pretrain --resume --out OUT``); ``at_max_steps`` what the log line of a stop at ``max_steps`` says after
     the step counts (default: continue with ``vitmsn pretrain --resume --out OUT --set max_steps=0``).
     """
+    if cfg.drop_path and not resume:
+        raise ValueError(f"drop_path={cfg.drop_path}: the encoder has no stochastic depth (the paper's presets use "
+                         "0); only 0 is taken")
     dev = dist.init_from_env(device)
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
@@ -473,6 +476,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
     # one); warned: the reasons it warned about, once each (the loader's workers load batches ahead: a stop at
     # max_steps may leave some unused, and their bad files unmentioned)
     t0, seen, skipped_here, warned = time.perf_counter(), 0, 0, set()
+    log_error: OSError | None = None  # process 0's failed write of the log, until every process knows it
     saved_step = state.step if resume else -1  # the step latest.pt holds
     # SIGINT / SIGTERM: finish the step, save latest.pt as a mid-epoch checkpoint, raise TrainingInterrupted
     checks = StepChecks()
@@ -503,22 +507,31 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, init: str | None = No
                     if state.step % cfg.log_every == 0 or state.step == total_steps:
                         asked = max(asked, checks.flush())  # this step's flags, before its metrics are logged
                         rate = seen / max(time.perf_counter() - t0, 1e-9)
-                        (skipped,) = _sum_over_processes([skipped_here], dev)
+                        # (with several processes, a log that process 0 could not write stops every one of them)
+                        skipped, log_failed = _sum_over_processes([skipped_here, log_error is not None], dev)
+                        if log_failed:
+                            raise log_error or OSError(f"process 0 could not write to {out} (its error is in its "
+                                                       "output)")
                         loss, ce, entropy, me_max, num_targets, max_target, grad_norm = torch.stack(
                             [*res.terms, res.out.me_max.detach(), res.out.num_unique_targets, res.out.max_target,
                              res.grad_norm.float()]).tolist()
-                        log.log(state.step, {
-                            "epoch": epoch, "loss": loss, "ce": ce, "me_max": me_max, "entropy": entropy,
-                            "num_targets": int(num_targets), "max_target": max_target, "lr": res.lr, "wd": res.wd,
-                            "momentum": res.momentum, "grad_norm": grad_norm, "images_per_s": rate,
-                            "skipped_images": skipped})
+                        try:
+                            log.log(state.step, {
+                                "epoch": epoch, "loss": loss, "ce": ce, "me_max": me_max, "entropy": entropy,
+                                "num_targets": int(num_targets), "max_target": max_target, "lr": res.lr,
+                                "wd": res.wd, "momentum": res.momentum, "grad_norm": grad_norm,
+                                "images_per_s": rate, "skipped_images": skipped})
+                        except OSError as e:  # (process 0's: the others learn it at the next log or checkpoint)
+                            if W == 1:
+                                raise
+                            log_error = e
                         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{res.lr:.2e}", img_s=f"{rate:.0f}")
                     end_of_epoch = state.step % steps_per_epoch == 0
                     if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0 or end_of_epoch \
                             or state.step == total_steps:
                         asked = max(asked, checks.flush())  # no checkpoint after a step whose loss was not finite
                         _save(state, cfg, ckpt_dir, numbered=end_of_epoch and (epoch + 1) % cfg.checkpoint_every == 0,
-                              epoch=epoch + 1)
+                              epoch=epoch + 1, error=log_error)
                         saved_step = state.step
                     if state.step >= total_steps:
                         break
@@ -579,12 +592,12 @@ def _sum_over_processes(counts: list[int], device: torch.device) -> list[int]:
     return dist.all_reduce_sum_(torch.tensor(counts, dtype=torch.int64).to(device)).tolist()
 
 
-def _save(state: MSNState, cfg: PretrainConfig, ckpt_dir: Path, *, numbered: bool, epoch: int) -> None:
+def _save(state: MSNState, cfg: PretrainConfig, ckpt_dir: Path, *, numbered: bool, epoch: int,
+          error: Exception | None = None) -> None:
     """Process 0 writes the checkpoint; every process must call this: with several, they all learn whether
-    the write failed (a full disk) and stop together, instead of the others waiting in the next all-reduce
-    until its timeout."""
-    error: Exception | None = None
-    if dist.is_main():
+    process 0 failed to write it, or (``error``) to write the log since the last checkpoint (a full disk),
+    and stop together, instead of the others waiting in the next all-reduce until its timeout."""
+    if dist.is_main() and error is None:
         try:
             sd = state.state_dict(cfg)
             save_checkpoint(sd, ckpt_dir / LATEST)
@@ -594,7 +607,7 @@ def _save(state: MSNState, cfg: PretrainConfig, ckpt_dir: Path, *, numbered: boo
             error = e
     if dist.world_size() > 1 and _sum_over_processes([error is not None], state.prototypes.weight.device)[0]:
         if error is None:
-            raise RuntimeError(f"process 0 could not write {ckpt_dir / LATEST} (its error is in its output)")
+            raise OSError(f"process 0 could not write to {ckpt_dir.parent} (its error is in its output)")
     if error is not None:
         raise error
 
