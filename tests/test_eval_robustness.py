@@ -305,3 +305,64 @@ def test_default_processor_is_a_warning(tmp_path, caplog):
         msg = rec.getMessage()
         assert str(bare) in msg and "no preprocessor_config.json" in msg
         assert "mean [0.5, 0.5, 0.5]" in msg and "std [0.5, 0.5, 0.5]" in msg and "32x32" in msg
+
+
+def _separable(n_per_class: int = 10, classes: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(classes), n_per_class)
+    return np.eye(8)[y] * 5 + rng.normal(0, 0.1, (len(y), 8)), y
+
+
+def test_probes_refuse_inputs_that_give_no_accuracy():
+    """One clear error, naming the set, for what would give a wrong number silently (a nan row sent every
+    k-NN vote to one class; labels -1 scored 0 %; misaligned arrays used part of the features) or crash deep
+    in numpy / torch; torch tensors and lists are taken as arrays."""
+    X, y = _separable()
+    assert lowshot.knn(X, y, X, y, k=5) == 100.0 == lowshot.logistic_regression(X, y, X, y)
+    assert lowshot.knn(torch.as_tensor(X), y.tolist(), X, torch.as_tensor(y), k=5) == 100.0
+    Xn = X.copy()
+    Xn[7, 2] = np.nan
+    bad = [
+        (lambda: lowshot.knn(Xn, y, X, y), "train features: 1 row.* nan or inf .*row 7"),
+        (lambda: lowshot.evaluate((X, y), (Xn, y), shots=(), knn_k=5), "test features: 1 row"),
+        (lambda: lowshot.knn(X, y, X, -np.ones_like(y)), "test labels must be class indices >= 0"),
+        (lambda: lowshot.knn(X, y - 1, X, y), "train labels must be class indices >= 0"),
+        (lambda: lowshot.evaluate((X, y[:30]), (X, y), shots=(1,)), "train: 40 feature rows, but labels of shape"),
+        (lambda: lowshot.evaluate((X, y), (X[:, :4], y), shots=(1,)), "train features have 8 dimensions, test features 4"),
+        (lambda: lowshot.knn(X[:0], y[:0], X, y), "train features must be a non-empty"),
+        (lambda: lowshot.knn(X, y, X, y, k=2.5), "k of the k-NN must be an integer"),
+        (lambda: lowshot.knn(X, y, X, y, batch=0), "batch must be an integer >= 1"),
+        (lambda: lowshot.logistic_regression(X, y, X, y, lambd=0), "lambd .* must be > 0"),
+        (lambda: lowshot.evaluate((X, y), (X, y), shots=(), subsets=[("s", np.array([-1, 0, 15]))]),
+         r"subset s: image indices must be in \[0, 40\)"),
+        (lambda: lowshot.format_table({}), "at least one column"),
+    ]
+    for call, message in bad:
+        with pytest.raises(ValueError, match=message):
+            call()
+    rows = lowshot.evaluate((X, y), (X, y), shots=(1,), splits=1)
+    with pytest.raises(ValueError, match="the columns' rows differ"):
+        lowshot.format_table({"a": rows, "b": rows + rows})
+
+
+def test_msn_parts_refuse_bad_arguments_and_take_numpy_ints():
+    from vitmsn.msn.batch_views import BatchViews
+    from vitmsn.msn.losses import MSNLoss, msn_loss, prototype_logits
+    from vitmsn.msn.masking import num_kept_patches
+    from vitmsn.msn.transforms import ViewConfig
+
+    assert num_kept_patches(np.int64(196), 0.15) == 166 == num_kept_patches(196, 0.15)
+    MSNLoss(np.int64(3))
+    a, t, q = torch.randn(12, 16), torch.randn(4, 16), torch.randn(10, 16)
+    torch.testing.assert_close(msn_loss(a, t, q, num_anchor_views=np.int64(3)).loss, msn_loss(a, t, q, num_anchor_views=3).loss)
+    with pytest.raises(ValueError, match="empty batch"):
+        msn_loss(a[:0], t[:0], q, num_anchor_views=3)
+    with pytest.raises(ValueError, match="num_anchor_views must be an int"):
+        msn_loss(a, t, q, num_anchor_views=3.0)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        prototype_logits(a, q, 0.0)
+    views = BatchViews(ViewConfig(rand_size=16, focal_size=8, focal_views=1))
+    images = torch.randint(0, 256, (2, 3, 24, 24), dtype=torch.uint8)
+    assert len(views(images, torch.Generator().manual_seed(0))) == 3
+    with pytest.raises(ValueError, match="expected uint8 images .* got torch.float32"):  # would be divided by 255 again
+        views(images.float() / 255, torch.Generator().manual_seed(0))

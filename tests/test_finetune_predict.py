@@ -581,3 +581,13 @@ def test_non_finite_loss_stops_before_a_checkpoint(model_dir, data_dir, tmp_path
     with pytest.raises(NonFiniteLossError, match=r"the loss became (nan|inf) at step 1; no checkpoint was written"):
         finetune(str(model_dir), str(data_dir), tmp_path / "ft", epochs=2, val_fraction=0.25, **settings)
     assert not (tmp_path / "ft" / "checkpoints" / "latest.pt").exists()
+
+
+def test_predict_takes_one_path_and_refuses_an_encoder_object(finetuned, model_dir, data_dir):
+    image = next((data_dir / "red").glob("*.png"))
+    one = predict(str(finetuned / "best"), str(image), top_k=2)  # one path, not its characters
+    assert len(one) == 1 and one[0]["path"] == str(image)
+    assert one == predict(str(finetuned / "best"), [image], top_k=2)
+    encoder = ViTMSNModel.from_pretrained(model_dir)
+    with pytest.raises(ValueError, match="ViTMSNModel has no trained classifier"):
+        predict(encoder, [image], processor=ViTImageProcessor(size=32))

@@ -34,6 +34,34 @@ def preprocess(features: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
+def check_labelled(features: object, labels: object, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``features`` (N, D) and ``labels`` (N,) as numpy arrays (tensors and lists too), checked: N > 0 rows on
+    both, finite features, integer class labels >= 0 (-1, the label of loose images, is no class). An error
+    names the set (``name``: "train", "test")."""
+    x, y = (np.asarray(a.detach().cpu() if hasattr(a, "detach") else a) for a in (features, labels))
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"{name} features must be a non-empty (N, D) array, got shape {x.shape}")
+    if y.shape != (len(x),):
+        raise ValueError(f"{name}: {len(x)} feature rows, but labels of shape {y.shape}")
+    if not (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
+        raise ValueError(f"{name} labels must be integer class indices, got {y.dtype}")
+    if y.min() < 0:
+        raise ValueError(f"{name} labels must be class indices >= 0; {int((y < 0).sum())} are negative (-1 is the "
+                         "label of loose images, which have no class)")
+    bad = ~np.isfinite(x).all(axis=1) if np.issubdtype(x.dtype, np.floating) else np.zeros(len(x), bool)
+    if bad.any():
+        raise ValueError(f"{name} features: {int(bad.sum())} row(s) hold nan or inf (the first: row "
+                         f"{int(np.argmax(bad))}); a model whose outputs are not finite gives no accuracy")
+    return x, y
+
+
+def _train_and_test(train_x: object, train_y: object, test_x: object, test_y: object) -> tuple[np.ndarray, ...]:
+    (tx, ty), (vx, vy) = check_labelled(train_x, train_y, "train"), check_labelled(test_x, test_y, "test")
+    if tx.shape[1] != vx.shape[1]:
+        raise ValueError(f"train features have {tx.shape[1]} dimensions, test features {vx.shape[1]}")
+    return tx, ty, vx, vy
+
+
 def logistic_regression(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *,
                         lambd: float = LAMBDA, max_iter: int = 1000, name: str | None = None) -> float:
     """Top-1 accuracy (%) of the paper's L2-regularised multinomial logistic regression.
@@ -43,6 +71,9 @@ def logistic_regression(train_x: np.ndarray, train_y: np.ndarray, test_x: np.nda
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
+    train_x, train_y, test_x, test_y = _train_and_test(train_x, train_y, test_x, test_y)
+    if not lambd > 0:
+        raise ValueError(f"lambd (the L2 penalty) must be > 0, got {lambd}")
     if len(np.unique(train_y)) < 2:
         raise ValueError("logistic regression needs labelled images of at least two classes")
     clf = LogisticRegression(C=1.0 / lambd, fit_intercept=False, max_iter=max_iter, tol=1e-4)
@@ -65,10 +96,18 @@ def knn(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np
     """Top-1 accuracy (%) of a cosine k-NN, votes weighted by exp(similarity / temperature) (as DINO).
 
     A ``k`` above the number of training images uses them all (see :func:`knn_neighbours`)."""
+    import numbers
+
     import torch
 
-    if k < 1:
-        raise ValueError(f"k of the k-NN must be >= 1, got {k}")
+    if not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(f"k of the k-NN must be an integer >= 1, got {k!r}")
+    if not isinstance(batch, numbers.Integral) or batch < 1:
+        raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    train_x, train_y, test_x, test_y = _train_and_test(train_x, train_y, test_x, test_y)
+    k = int(k)
     tr = torch.nn.functional.normalize(torch.as_tensor(train_x, dtype=torch.float32), dim=1)
     te = torch.nn.functional.normalize(torch.as_tensor(test_x, dtype=torch.float32), dim=1)
     ytr = torch.as_tensor(train_y)
@@ -132,6 +171,9 @@ def check_subset(name: str, idx: np.ndarray, labels: np.ndarray) -> None:
     idx = np.asarray(idx, dtype=np.int64)
     if len(idx) == 0:
         raise ValueError(f"subset {name} is empty: it holds no labelled image")
+    if idx.min() < 0 or idx.max() >= len(labels):
+        raise ValueError(f"subset {name}: image indices must be in [0, {len(labels)}) (the training images), got "
+                         f"{int(idx.min())} .. {int(idx.max())}")
     if len(np.unique(np.asarray(labels)[idx])) < 2:
         raise ValueError(f"subset {name}: its {len(idx)} image(s) are all of one class; logistic regression needs "
                          "labelled images of at least two classes")
@@ -158,7 +200,7 @@ def evaluate(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.nd
     gives the k used (``all (8-NN)``).
     """
     check_settings(splits=splits, knn_k=knn_k)
-    (train_x, train_y), (test_x, test_y) = train, test
+    train_x, train_y, test_x, test_y = _train_and_test(*train, *test)
     for name, idx in subsets:  # before any row is computed
         check_subset(name, idx, train_y)
     rows: list[LowShotRow] = []
@@ -207,7 +249,13 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
 def format_table(columns: dict[str, list[LowShotRow]]) -> str:
     """A plain-text table: one row per labelled-set size, one column per model, mean ± std."""
     names = list(columns)
+    if not names:
+        raise ValueError("format_table needs at least one column")
     labels = [r.label for r in columns[names[0]]]
+    for n in names[1:]:
+        if [r.label for r in columns[n]] != labels:
+            raise ValueError(f"the columns' rows differ: {names[0]} has {labels}, {n} has "
+                             f"{[r.label for r in columns[n]]}")
     width = max(12, *(len(n) + 2 for n in names))
     head = f"{'labels':<22}" + "".join(f"{n:>{width}}" for n in names)
     lines = [head, "-" * len(head)]

@@ -103,6 +103,9 @@ def _as_classifier(
     if isinstance(model, torch.nn.Module):
         if processor is None:
             raise ValueError("pass the image processor with a model object (processor=...)")
+        if not type(model).__name__.endswith("ForImageClassification"):
+            raise ValueError(f"{type(model).__name__} has no trained classifier: fine-tune it first (vitmsn "
+                             "finetune), or use its features (vitmsn extract / vitmsn lowshot)")
         return model.eval(), processor
     net, proc = load_classifier(model, device=device)
     return net, processor or proc
@@ -127,7 +130,7 @@ def predict(
 
     Args:
         model: a classifier directory / Hub id, or a loaded classifier (then also pass ``processor``).
-        images: image file paths.
+        images: image file paths (or one path).
         top_k: labels per image (at most the number of classes).
         skip_bad: a file that cannot be read gives ``{"path": ..., "error": "..."}`` instead of raising; if
             no file at all can be read, ``ImageLoadError`` is raised all the same (there is nothing to report).
@@ -150,7 +153,7 @@ def predict(
     id2label = net.config.id2label
     k = min(top_k, net.config.num_labels)
     results: list[dict[str, Any]] = []
-    paths = [str(p) for p in images]
+    paths = [str(images)] if isinstance(images, str | os.PathLike) else [str(p) for p in images]
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         loaded: list[tuple[int, Image.Image]] = []

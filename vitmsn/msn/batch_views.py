@@ -179,8 +179,9 @@ class BatchViews:
         a slice of a global batch, with generators seeded alike, make the views one process would make
         for the whole batch (``total`` defaults to the batch itself).
         """
-        if images.ndim != 4 or images.shape[1] not in (1, 3):
-            raise ValueError(f"expected uint8 images (B, 1|3, H, W), got shape {tuple(images.shape)}")
+        if images.ndim != 4 or images.shape[1] not in (1, 3) or images.dtype != torch.uint8 or 0 in images.shape:
+            raise ValueError(f"expected uint8 images (B, 1|3, H, W), got {images.dtype} of shape "
+                             f"{tuple(images.shape)}")
         c = self.cfg
         x = images.float().div_(255)
         if x.shape[1] == 3 and c.num_channels == 1:

@@ -33,6 +33,7 @@ not put the prototypes inside DDP and instead *sums* their gradient over workers
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -130,6 +131,8 @@ def prototype_logits(z: Tensor, prototypes: Tensor, temperature: float = 0.1) ->
         raise ValueError(
             f"expected z (N, d) and prototypes (K, d), got {tuple(z.shape)} and {tuple(prototypes.shape)}"
         )
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     z_n = F.normalize(z, dim=1)  # (N, d)
     q_n = F.normalize(prototypes, dim=1)  # (K, d)
     return z_n @ q_n.T / temperature  # (N, K)
@@ -336,13 +339,17 @@ def msn_loss_from_targets(
         sinkhorn_iters=0,  # unused here
         label_smoothing=label_smoothing,
     )
-    if num_anchor_views < 1:
-        raise ValueError(f"num_anchor_views must be >= 1, got {num_anchor_views}")
+    if isinstance(num_anchor_views, bool) or not isinstance(num_anchor_views, numbers.Integral) \
+            or num_anchor_views < 1:
+        raise ValueError(f"num_anchor_views must be an int >= 1, got {num_anchor_views!r}")
+    num_anchor_views = int(num_anchor_views)
     if anchor_z.ndim != 2 or targets.ndim != 2:
         raise ValueError(
             f"anchor_z and targets must be 2-D, got {tuple(anchor_z.shape)}, {tuple(targets.shape)}"
         )
     batch, num_protos = targets.shape
+    if batch == 0:
+        raise ValueError("an empty batch (0 target rows) has no loss")
     if num_protos != prototypes.shape[0]:
         raise ValueError(f"targets have {num_protos} columns but there are {prototypes.shape[0]} prototypes")
     if anchor_z.shape[0] != num_anchor_views * batch:
@@ -484,12 +491,10 @@ class MSNLoss(nn.Module):
         all_reduce_mean: AllReduceMean | None = None,
     ) -> None:
         super().__init__()
-        if (
-            isinstance(num_anchor_views, bool)
-            or not isinstance(num_anchor_views, int)
-            or num_anchor_views < 1
-        ):
+        if isinstance(num_anchor_views, bool) or not isinstance(num_anchor_views, numbers.Integral) \
+                or num_anchor_views < 1:
             raise ValueError(f"num_anchor_views must be an int >= 1, got {num_anchor_views!r}")
+        num_anchor_views = int(num_anchor_views)
         _check_hparams(
             temperature=temperature,
             sharpen_T=sharpen_T,
