@@ -366,3 +366,8 @@ def test_msn_parts_refuse_bad_arguments_and_take_numpy_ints():
     assert len(views(images, torch.Generator().manual_seed(0))) == 3
     with pytest.raises(ValueError, match="expected uint8 images .* got torch.float32"):  # would be divided by 255 again
         views(images.float() / 255, torch.Generator().manual_seed(0))
+    for kwargs, message in (({"rand_views": 1.5}, "rand_views must be an integer >= 0"),
+                            ({"crop_ratio": (2, 0.5)}, "crop_ratio must satisfy"),
+                            ({"crop_ratio": (-1, 1)}, "crop_ratio must satisfy")):
+        with pytest.raises(ValueError, match=message):  # (accepted before, then failed deep in the first call)
+            ViewConfig(**kwargs)

@@ -41,6 +41,7 @@ avoids v2's per-call input flattening, a fixed cost per call that dominates for 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -112,12 +113,13 @@ class ViewConfig:
     num_channels: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("rand_size", "focal_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("rand_views", "focal_views"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name, low in (("rand_size", 1), ("focal_size", 1), ("rand_views", 0), ("focal_views", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        lo, hi = self.crop_ratio
+        if not 0 < lo <= hi:
+            raise ValueError(f"crop_ratio must satisfy 0 < min <= max, got {(lo, hi)}")
         for name in ("rand_crop_scale", "focal_crop_scale"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi <= 1:
