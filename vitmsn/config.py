@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import json
 import logging
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,14 @@ def pair(x: int | tuple[int, int] | list[int], name: str = "size") -> tuple[int,
     if not isinstance(x, list | tuple) or len(x) != 2 or not all(is_int(v) for v in x):
         raise ValueError(f"{name} must be an integer or a [height, width] pair of integers, got {x!r}")
     return (x[0], x[1])
+
+
+def check_int(value: Any, name: str, low: int) -> int:
+    """``value`` as an ``int``: a Python or numpy integer (not a bool) of at least ``low``; anything else is a
+    ``ValueError`` naming it (``name``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
 
 
 def check_tiling(image_size: int | tuple[int, int] | list[int], patch_size: int | tuple[int, int] | list[int]) -> None:

@@ -794,9 +794,8 @@ def _export_onnx_to(wrapper: nn.Module, example: torch.Tensor, out_path: Path, n
     if written.get("", written.get("ai.onnx")) != opset:
         raise ValueError(
             f"the {exporter} exporter wrote opset {written.get('', written.get('ai.onnx'))}, not "
-            f"{opset}; the dynamo exporter writes opset 17 and above only (exporter='torchscript', "
-            "--exporter torchscript, "
-            "goes lower)"
+            f"{opset}; the dynamo exporter writes opset 17 and above only (exporter='torchscript', on the "
+            "command line --exporter torchscript, goes lower)"
         )
     if check:
         onnx.checker.check_model(str(out_path), full_check=True)

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
+from vitmsn.models.layers import is_compiling
 
 
 def is_initialized() -> bool:
@@ -219,7 +219,7 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
         dt = torch.promote_types(x.dtype, torch.float32)  # bf16 under autocast: float32
         # (compiled, no shift: the compiled backward may keep the running mean itself, which the update below
         # then changes in place, and autograd refuses a changed saved tensor)
-        shifted = self.track_running_stats and not _is_compiling()
+        shifted = self.track_running_stats and not is_compiling()
         shift = self.running_mean.to(dt) if shifted else x.new_zeros(x.shape[1], dtype=dt)
         xs = x.to(dt) - shift  # (n, C)
         stats = torch.cat([xs.sum(0), (xs * xs).sum(0), xs.new_full((1,), x.shape[0])])

@@ -1056,9 +1056,9 @@ class ViTImageProcessor(PushToHubMixin):
         )
         self.resample = _standardize_resample(resample)
         self.do_center_crop = None if do_center_crop is None else bool(do_center_crop)
-        self.crop_size = None if crop_size is None else _standardize_size(crop_size)
+        self.crop_size = crop_size  # (sizes are standardised on assignment: see __setattr__)
         self.do_pad = None if do_pad is None else bool(do_pad)
-        self.pad_size = _standardize_pad_size(pad_size)
+        self.pad_size = pad_size
         self.do_rescale = bool(do_rescale)
         self.rescale_factor = float(rescale_factor)
         self.do_normalize = bool(do_normalize)
@@ -1145,15 +1145,15 @@ class ViTImageProcessor(PushToHubMixin):
             )
         overrides = {key: value for key, value in overrides.items() if value is not None}  # None: keep own
         opts = {key: overrides.get(key, getattr(self, key)) for key in _CALL_OPTIONS}
-        # (an attribute set after construction may still be an int or a pair, as transformers allows)
-        size = _standardize_size(opts["size"])
+        size = _standardize_size(opts["size"]) if "size" in overrides else self.size
         resample = _standardize_resample(opts["resample"])
         mean = _standardize_stats(opts["image_mean"], "image_mean")
         std = _standardize_stats(opts["image_std"], "image_std")
         rescale_factor = float(opts["rescale_factor"])
         crop = None
         if opts["do_center_crop"]:
-            crop = _crop_hw(None if opts["crop_size"] is None else _standardize_size(opts["crop_size"], name="crop_size"))
+            crop = _crop_hw(_standardize_size(opts["crop_size"], name="crop_size") if "crop_size" in overrides
+                            else self.crop_size)
 
         # each (C, H, W); the PIL backend resizes PIL images as RGB PIL images (no round trip through an array)
         keep_pil = self.backend != "torch" and opts["do_resize"]
@@ -1170,7 +1170,7 @@ class ViTImageProcessor(PushToHubMixin):
             )
         pad_to = None  # with do_pad: the (height, width) every image is padded to
         if opts["do_pad"]:
-            pad_size = _standardize_pad_size(opts["pad_size"])
+            pad_size = _standardize_pad_size(opts["pad_size"]) if "pad_size" in overrides else self.pad_size
             pad_to = _pad_target(pad_size, [(h, w) for _, h, w in _output_shapes(arrays, size, opts["do_resize"], crop)])
 
         if self.backend == "torch":

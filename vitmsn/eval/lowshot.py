@@ -96,18 +96,14 @@ def knn(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np
     """Top-1 accuracy (%) of a cosine k-NN, votes weighted by exp(similarity / temperature) (as DINO).
 
     A ``k`` above the number of training images uses them all (see :func:`knn_neighbours`)."""
-    import numbers
-
     import torch
 
-    if not isinstance(k, numbers.Integral) or k < 1:
-        raise ValueError(f"k of the k-NN must be an integer >= 1, got {k!r}")
-    if not isinstance(batch, numbers.Integral) or batch < 1:
-        raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
+    from vitmsn.config import check_int
+
+    k, batch = check_int(k, "k of the k-NN", 1), check_int(batch, "batch", 1)
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     train_x, train_y, test_x, test_y = _train_and_test(train_x, train_y, test_x, test_y)
-    k = int(k)
     tr = torch.nn.functional.normalize(torch.as_tensor(train_x, dtype=torch.float32), dim=1)
     te = torch.nn.functional.normalize(torch.as_tensor(test_x, dtype=torch.float32), dim=1)
     ytr = torch.as_tensor(train_y)

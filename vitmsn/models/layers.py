@@ -155,7 +155,8 @@ if hasattr(torch, "get_autocast_dtype"):
 else:  # pragma: no cover
     def _cpu_autocast() -> bool:
         return torch.is_autocast_cpu_enabled()
-_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
+#: whether torch.compile (dynamo) is tracing the calling code (also read by vitmsn.distributed)
+is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
 _is_exporting = getattr(getattr(torch, "compiler", None), "is_exporting", None) or (lambda: False)
 
 
@@ -205,7 +206,7 @@ def _onednn_allowed(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and not _cpu_autocast()
-        and not _is_compiling()
+        and not is_compiling()
         and not _is_exporting()
         and not torch.jit.is_tracing()
     )

@@ -33,7 +33,6 @@ not put the prototypes inside DDP and instead *sums* their gradient over workers
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -41,6 +40,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from vitmsn.config import check_int
 
 __all__ = [
     "AllReduceMean",
@@ -339,10 +340,7 @@ def msn_loss_from_targets(
         sinkhorn_iters=0,  # unused here
         label_smoothing=label_smoothing,
     )
-    if isinstance(num_anchor_views, bool) or not isinstance(num_anchor_views, numbers.Integral) \
-            or num_anchor_views < 1:
-        raise ValueError(f"num_anchor_views must be an int >= 1, got {num_anchor_views!r}")
-    num_anchor_views = int(num_anchor_views)
+    num_anchor_views = check_int(num_anchor_views, "num_anchor_views", 1)
     if anchor_z.ndim != 2 or targets.ndim != 2:
         raise ValueError(
             f"anchor_z and targets must be 2-D, got {tuple(anchor_z.shape)}, {tuple(targets.shape)}"
@@ -491,10 +489,7 @@ class MSNLoss(nn.Module):
         all_reduce_mean: AllReduceMean | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(num_anchor_views, bool) or not isinstance(num_anchor_views, numbers.Integral) \
-                or num_anchor_views < 1:
-            raise ValueError(f"num_anchor_views must be an int >= 1, got {num_anchor_views!r}")
-        num_anchor_views = int(num_anchor_views)
+        num_anchor_views = check_int(num_anchor_views, "num_anchor_views", 1)
         _check_hparams(
             temperature=temperature,
             sharpen_T=sharpen_T,

@@ -18,10 +18,11 @@ Facts from the original implementation (``src/deit.py``, ``forward_features``):
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from torch import Tensor
+
+from vitmsn.config import check_int
 
 __all__ = ["keep_all", "num_kept_patches", "random_keep_indices"]
 
@@ -32,9 +33,7 @@ def num_kept_patches(num_patches: int, drop_ratio: float) -> int:
     The product is evaluated in floating point like the original, so e.g. ``(196, 0.15) -> 166``.
     Raises ``ValueError`` if ``drop_ratio`` is not in ``[0, 1)`` or if nothing would be kept.
     """
-    if isinstance(num_patches, bool) or not isinstance(num_patches, numbers.Integral) or num_patches < 1:
-        raise ValueError(f"num_patches must be an int >= 1, got {num_patches!r}")
-    num_patches = int(num_patches)
+    num_patches = check_int(num_patches, "num_patches", 1)
     if not 0.0 <= drop_ratio < 1.0:
         raise ValueError(f"drop_ratio must be in [0, 1), got {drop_ratio}")
     if drop_ratio == 0.0:

@@ -41,7 +41,6 @@ avoids v2's per-call input flattening, a fixed cost per call that dominates for 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -50,6 +49,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+from vitmsn.config import check_int
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -114,9 +115,7 @@ class ViewConfig:
 
     def __post_init__(self) -> None:
         for name, low in (("rand_size", 1), ("focal_size", 1), ("rand_views", 0), ("focal_views", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+            check_int(getattr(self, name), name, low)
         lo, hi = self.crop_ratio
         if not 0 < lo <= hi:
             raise ValueError(f"crop_ratio must satisfy 0 < min <= max, got {(lo, hi)}")
